@@ -1,0 +1,1 @@
+"""Data families: generators with known ground truth and loaders for the user's own files."""

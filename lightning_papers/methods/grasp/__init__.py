@@ -1,0 +1,1 @@
+"""GRASP: unsupervised identification and removal of spurious factors in LoRA fine-tuning."""

@@ -1,0 +1,1 @@
+"""torchmetrics ``Metric``s shared by methods, callbacks and benchmarks."""
