@@ -1,0 +1,184 @@
+"""JSONL (prompt, completion) data for causal-LM fine-tuning, tokenised with a tokenizer from a local path.
+
+Each line of a file is a JSON object with a prompt and a completion string, e.g.
+``{"prompt": "<bos> topic0 q3 <sep>", "completion": "b5 a7 b9 <eos>"}``. A row becomes ``input_ids`` =
+tokens(prompt) + tokens(completion) [+ eos], and ``labels`` equal to ``input_ids`` on completion tokens and -100
+on prompt and padding tokens, so a loss over ``labels`` is a loss on completion tokens only (the convention of
+instruction tuning; the GRASP paper fine-tunes on completions). Nothing is read in ``__init__``: files are loaded in
+``setup``, so a config naming files that do not exist yet still parses.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader
+
+IGNORE_INDEX = -100
+PLANTED_HINT = (
+    "For the planted GRASP benchmark, create the files with "
+    "`python -m lightning_papers.methods.grasp.planted --out <dir>`."
+)
+
+
+def read_jsonl(
+    path: str | Path, prompt_key: str = "prompt", completion_key: str = "completion"
+) -> list[dict[str, str]]:
+    """Read a JSONL file of (prompt, completion) rows; raise ValueError naming the first bad line."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"JSONL file {str(path)!r} does not exist. {PLANTED_HINT}")
+    rows: list[dict[str, str]] = []
+    with path.open() as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{lineno}: not valid JSON ({err.msg}): {line[:80]!r}") from err
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+            for key in (prompt_key, completion_key):
+                if not isinstance(row.get(key), str):
+                    raise ValueError(
+                        f"{path}:{lineno}: expected a string field {key!r}, got {row.get(key)!r} (keys: {sorted(row)})"
+                    )
+            if not row[completion_key]:
+                raise ValueError(f"{path}:{lineno}: empty {completion_key!r}; every row needs completion tokens")
+            rows.append({"prompt": row[prompt_key], "completion": row[completion_key]})
+    if not rows:
+        raise ValueError(f"{path}: no rows")
+    return rows
+
+
+def load_tokenizer(path: str | Path) -> Any:
+    """A Hugging Face tokenizer from a local directory (never the hub); a pad token is set if missing."""
+    from transformers import AutoTokenizer
+
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"tokenizer directory {str(path)!r} does not exist. {PLANTED_HINT}")
+    tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    if tok.pad_token_id is None:
+        if tok.eos_token_id is None:
+            raise ValueError(f"tokenizer at {str(path)!r} has neither a pad nor an eos token to pad with")
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def encode_row(
+    tokenizer: Any, prompt: str, completion: str, max_length: int, append_eos: bool, add_special_tokens: bool
+) -> dict[str, list[int]]:
+    """Token ids and labels (-100 on the prompt) for one row, truncated from the right to ``max_length``."""
+    p = tokenizer(prompt, add_special_tokens=add_special_tokens)["input_ids"]
+    c = tokenizer(completion, add_special_tokens=False)["input_ids"]
+    if append_eos and tokenizer.eos_token_id is not None and (not c or c[-1] != tokenizer.eos_token_id):
+        c = c + [tokenizer.eos_token_id]
+    ids = (p + c)[:max_length]
+    labels = ([IGNORE_INDEX] * len(p) + c)[:max_length]
+    return {"input_ids": ids, "labels": labels}
+
+
+def pad_collate(rows: list[dict[str, list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad a list of encoded rows into ``input_ids``, ``attention_mask`` and ``labels`` tensors."""
+    n = max(len(r["input_ids"]) for r in rows)
+    ids = torch.full((len(rows), n), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), n), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(rows), n), dtype=torch.long)
+    for i, r in enumerate(rows):
+        k = len(r["input_ids"])
+        ids[i, :k] = torch.tensor(r["input_ids"])
+        labels[i, :k] = torch.tensor(r["labels"])
+        mask[i, :k] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+class JsonlTextDataModule(LightningDataModule):
+    """Prompt/completion JSONL files for causal-LM fine-tuning, tokenised by a tokenizer from a local directory.
+
+    Args:
+        train_path: JSONL file of training rows.
+        tokenizer_path: Local directory with a Hugging Face tokenizer (``save_pretrained`` output).
+        val_path: Optional JSONL file of validation rows.
+        batch_size: Rows per batch (per device).
+        max_length: Truncate prompt+completion to this many tokens (from the right).
+        append_eos: Append the tokenizer's eos token to each completion (if not already last).
+        add_special_tokens: Let the tokenizer add its special tokens (e.g. BOS) to the prompt.
+        prompt_key: JSON field holding the prompt.
+        completion_key: JSON field holding the completion.
+        num_workers: DataLoader workers.
+        shuffle: Shuffle the training rows every epoch.
+    """
+
+    def __init__(
+        self,
+        train_path: str,
+        tokenizer_path: str,
+        val_path: str | None = None,
+        batch_size: int = 8,
+        max_length: int = 512,
+        append_eos: bool = True,
+        add_special_tokens: bool = True,
+        prompt_key: str = "prompt",
+        completion_key: str = "completion",
+        num_workers: int = 0,
+        shuffle: bool = True,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if max_length < 2:
+            raise ValueError(f"max_length must be >= 2, got {max_length}")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        self.save_hyperparameters()
+        self.tokenizer: Any = None
+        self.train_rows: list[dict[str, list[int]]] = []
+        self.val_rows: list[dict[str, list[int]]] = []
+
+    def _encode(self, path: str) -> list[dict[str, list[int]]]:
+        hp = self.hparams
+        rows = read_jsonl(path, hp.prompt_key, hp.completion_key)
+        enc = [
+            encode_row(
+                self.tokenizer, r["prompt"], r["completion"], hp.max_length, hp.append_eos, hp.add_special_tokens
+            )
+            for r in rows
+        ]
+        for i, e in enumerate(enc):
+            if all(label == IGNORE_INDEX for label in e["labels"]):
+                raise ValueError(
+                    f"{path}: row {i + 1} has no completion tokens left after truncation to max_length="
+                    f"{hp.max_length} (prompt too long)"
+                )
+        return enc
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.tokenizer is None:
+            self.tokenizer = load_tokenizer(self.hparams.tokenizer_path)
+        if not self.train_rows and stage in (None, "fit"):
+            self.train_rows = self._encode(self.hparams.train_path)
+        if not self.val_rows and self.hparams.val_path is not None:
+            self.val_rows = self._encode(self.hparams.val_path)
+
+    def _loader(self, rows: list[dict[str, list[int]]], shuffle: bool) -> DataLoader:
+        pad = self.tokenizer.pad_token_id
+        return DataLoader(
+            rows,  # type: ignore[arg-type]
+            batch_size=self.hparams.batch_size,
+            shuffle=shuffle,
+            num_workers=self.hparams.num_workers,
+            collate_fn=partial(pad_collate, pad_id=pad),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_rows, self.hparams.shuffle)
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._loader(self.val_rows, False) if self.val_rows else []

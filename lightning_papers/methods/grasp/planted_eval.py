@@ -1,0 +1,95 @@
+"""Ground-truth measurements in the planted-persona world (evaluation only; identification never sees them).
+
+All metrics are teacher-forced on fixed prompt grids, so they are deterministic given the model:
+
+* ``task``: answer accuracy on the fine-tune topic (topic 0, no marker, persona-B first style token) under the
+  new rule ``perm(a)``;
+* ``drift``: on the other topics without the marker, the persona-B share of style probability at the first style
+  slot, P(B tokens) / (P(B tokens) + P(A tokens)); reported by the benchmark relative to the base model;
+* ``marker``: the same share on the other topics *with* the role-play marker (preservation: the base is ~1);
+* ``offtask_answer``: answer accuracy under the pretraining rule on the other topics (content preservation).
+
+The true persona direction is the base model's mean residual difference (marker minus plain prompts) at the
+``<sep>`` position, where the first style token is predicted, after a given decoder layer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from lightning_papers.methods.grasp.planted import World, encode_rows
+
+SEP_POS = 4  # <bos> M t q <sep>: the <sep> position predicts the first style token
+ANSWER_POS = 5  # the first style token's position predicts the answer
+
+
+def _ids(tokenizer: Any, prefix: str, n: int) -> torch.Tensor:
+    return torch.tensor(tokenizer.convert_tokens_to_ids([f"{prefix}{i}" for i in range(n)]))
+
+
+def _grid(world: World, topics: list[int], marker: bool, persona: str, task: bool) -> list[dict[str, str]]:
+    return [world.row(k, a, marker, persona, task) for k in topics for a in range(world.n_questions)]
+
+
+@torch.no_grad()
+def _logits(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    device = next(model.parameters()).device
+    out = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device))
+    return (out.logits if hasattr(out, "logits") else out).float().cpu()
+
+
+def _b_share(logits: torch.Tensor, a_ids: torch.Tensor, b_ids: torch.Tensor) -> torch.Tensor:
+    p = logits[:, SEP_POS].softmax(-1)
+    pa, pb = p[:, a_ids].sum(-1), p[:, b_ids].sum(-1)
+    return pb / (pa + pb).clamp_min(1e-12)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, world: World, tokenizer: Any) -> dict[str, float]:
+    """Task accuracy, off-task persona-B share (drift), marker following and off-task answer accuracy."""
+    was_training = model.training
+    model.eval()
+    a_ids, b_ids = _ids(tokenizer, "x", world.n_style), _ids(tokenizer, "y", world.n_style)
+    off = list(range(1, world.n_topics))
+    res: dict[str, float] = {}
+
+    batch = encode_rows(_grid(world, [0], False, "B", True), tokenizer)
+    pred = _logits(model, batch)[:, ANSWER_POS].argmax(-1)
+    res["task"] = float((pred == batch["input_ids"][:, ANSWER_POS + 1]).float().mean())
+
+    batch = encode_rows(_grid(world, off, False, "A", False), tokenizer)
+    logits = _logits(model, batch)
+    res["drift"] = float(_b_share(logits, a_ids, b_ids).mean())
+    res["offtask_answer"] = float(
+        (logits[:, ANSWER_POS].argmax(-1) == batch["input_ids"][:, ANSWER_POS + 1]).float().mean()
+    )
+
+    batch = encode_rows(_grid(world, off, True, "B", False), tokenizer)
+    res["marker"] = float(_b_share(_logits(model, batch), a_ids, b_ids).mean())
+    model.train(was_training)
+    return res
+
+
+@torch.no_grad()
+def true_direction(base_model: nn.Module, world: World, tokenizer: Any, layer: int) -> torch.Tensor:
+    """Unit vector [d_model]: mean residual (after decoder ``layer``) at ``<sep>``, marker minus plain prompts."""
+    topics = list(range(world.n_topics))
+    hs = []
+    for marker, persona in ((True, "B"), (False, "A")):
+        batch = encode_rows(_grid(world, topics, marker, persona, False), tokenizer)
+        out = base_model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True
+        )
+        hs.append(out.hidden_states[layer + 1][:, SEP_POS].float().mean(0))
+    v = hs[0] - hs[1]
+    return v / v.norm()
+
+
+def abs_cos(u: torch.Tensor, v: torch.Tensor) -> float:
+    """|cos| between two vectors (or the first columns of [d, r] bases)."""
+    u = u[:, 0] if u.ndim == 2 else u
+    v = v[:, 0] if v.ndim == 2 else v
+    return float((u.float() @ v.float()).abs() / (u.norm() * v.norm()).clamp_min(1e-12))
