@@ -1,7 +1,9 @@
 """``AdaptiveCalibrationModule``: the online calibration protocol as a (thin) LightningModule.
 
 There is no gradient training: each training batch is a chunk of the stream, played round by round by a
-forecaster (``predict`` then ``update``). The module logs the running ℓ1/T and ℓ2/T calibration error and
+forecaster (``predict`` then ``update``). A no-op optimizer (learning rate 0 on a frozen placeholder) is stepped once
+per batch only so that ``global_step`` counts batches: logging steps, checkpoints and resume then behave as usual.
+The module logs the running ℓ1/T and ℓ2/T calibration error and
 torchmetrics' binned ECE of the forecasts (and of the reference: the true means for generated streams, the user's
 probabilities for a CSV), and at the end of each epoch the plots: forecast vs true mean over time, running ℓ1/T,
 and a reliability diagram.
@@ -106,6 +108,7 @@ class AdaptiveCalibrationModule(LightningModule):
         )
         for m in self.metrics.values():
             m.persistent(True)
+        self.step_counter = torch.nn.Parameter(torch.zeros(1), requires_grad=False)
         self.history: dict[str, list[np.ndarray]] = {"p": [], "y": [], "ref": []}
         self.curve: list[tuple[int, float]] = []
 
@@ -124,8 +127,8 @@ class AdaptiveCalibrationModule(LightningModule):
             self.horizon = int(length)
             self.forecaster = make_forecaster("uniform", self.horizon, self.measure, self.seed, **self.adaptive_kwargs)
 
-    def configure_optimizers(self) -> None:
-        return None
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD([self.step_counter], lr=0.0)
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         y_t, ref_t = batch
@@ -149,6 +152,7 @@ class AdaptiveCalibrationModule(LightningModule):
             on_epoch=False,
             batch_size=len(y),
         )
+        self.optimizers().step()  # no-op (lr 0, no gradient); advances global_step by one batch
         return None
 
     def on_train_epoch_end(self) -> None:
