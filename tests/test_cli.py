@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -33,8 +34,9 @@ def test_every_method_registers_a_model_and_a_datamodule() -> None:
 
 
 def test_fit_help_lists_models() -> None:
+    env = {**os.environ, "COLUMNS": "400"}  # argparse wraps long class paths mid-word otherwise
     out = subprocess.run(
-        [sys.executable, "-m", "lightning_papers", "fit", "--help"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "lightning_papers", "fit", "--help"], capture_output=True, text=True, check=True, env=env
     ).stdout
     assert "--model" in out and "--data" in out
     for name in import_methods():
