@@ -69,7 +69,7 @@ def stationary_distribution(x: np.ndarray, grid: np.ndarray, prev: np.ndarray | 
     """Stationary π of the rounding chain: row i moves to the two grid points around x_i, keeping the mean x_i.
 
     A vanishing teleport (1e-9, towards ``prev`` or uniform) makes π unique when the chain has several closed
-    classes; it changes nothing measurable otherwise.
+    classes; masses below 1e-7 (its traces on transient points) are then set to 0.
     """
     n = grid.size
     if n == 1:
@@ -85,7 +85,7 @@ def stationary_distribution(x: np.ndarray, grid: np.ndarray, prev: np.ndarray | 
     # π (I − (1−η)Q) = η·base  ⇔  (I − (1−η)Q)^T π^T = η·base^T
     a = np.eye(n) - (1.0 - eta) * q
     pi = np.linalg.solve(a.T, eta * base)
-    pi = np.clip(pi, 0.0, None)
+    pi[pi < 1e-7] = 0.0  # drop the teleport's traces on transient points (they would make pseudo-KL infinite at 0/1)
     return pi / pi.sum()
 
 

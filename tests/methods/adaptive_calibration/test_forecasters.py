@@ -20,7 +20,12 @@ from lightning_papers.methods.adaptive_calibration.swap_regret import (
     dyadic_spacing,
     stationary_distribution,
 )
-from lightning_papers.metrics.calibration import l1_calibration_error, l2_calibration_error
+from lightning_papers.metrics.calibration import (
+    kl_from_sums,
+    l1_calibration_error,
+    l2_calibration_error,
+    l2_from_sums,
+)
 
 
 def stream(mu: np.ndarray, seed: int) -> np.ndarray:
@@ -87,6 +92,8 @@ def test_forecasts_lie_on_the_quantum_lattice_and_pseudo_counts_add_up() -> None
     assert n.sum() == pytest.approx(5000)
     assert s.sum() == pytest.approx(y.sum())
     assert set(np.unique(p)) <= set(values.tolist())
+    pkl = kl_from_sums(values, n, s)
+    assert np.isfinite(pkl) and pkl >= 2 * l2_from_sums(values, n, s) - 1e-9  # Pinsker holds for pseudo counts too
 
 
 def test_grid_is_fine_near_anchor_and_coarse_far_away() -> None:
