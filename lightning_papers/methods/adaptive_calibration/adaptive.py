@@ -10,7 +10,9 @@ is public, so the outer loop follows ``shared/research/online.md`` §A4 [design]
   ℓ1 and γ = min{1, Ĉ^{−1/3}} for ℓ2 (the tuning that reproduces the rates √T + (TC)^{1/3} and (1+C)^{1/3}).
 * **Inner forecaster**: BM-FTL on that grid (:mod:`.swap_regret`).
 * **K segments**: after n ≥ 16 rounds of an epoch, restart if |ȳ_n − μ̂| > κ(√(log T/n) + √(log T/L_{m−1})); the
-  epoch length resets to L_0 and the new anchor is the mean of the most recent half of the epoch.
+  epoch length resets to L_0 and the new anchor is the mean of the most recent half of the epoch. Added [design]:
+  the same test on the most recent 16·2^j rounds (Hoeffding threshold, union bound over window lengths), because
+  the epoch mean dilutes a change that happens late in a long epoch (delay ∝ n); this window re-anchors the restart.
 * **Unknown C**: Ĉ starts at 1; every B rounds add B·max(0, |ȳ_block − μ̂| − √(2 log T / B)) to an observed
   deviation; when it exceeds Ĉ, double Ĉ until it does not, and rebuild the grid with the new γ.
 * **Variants**: ``"restart"`` (faithful to the analysis) starts a fresh inner forecaster every epoch; ``"refine"``
@@ -37,8 +39,9 @@ from lightning_papers.methods.adaptive_calibration.swap_regret import (
 
 _SCALARS = (
     "t", "m", "L", "n", "s", "anchor", "prev_len", "lg", "anchor_width", "ck_next", "ck_prev", "ck_cur",
-    "bn", "bs", "c_hat", "c_obs", "changes",
+    "bn", "bs", "c_hat", "c_obs", "changes", "wn", "ws", "wsums",
 )  # fmt: skip
+WINDOW_BLOCK = 16  # the change test's smallest window (notes §A4: test after n >= 16 rounds)
 
 
 class AdaptiveCalibrator(Forecaster):
@@ -52,6 +55,8 @@ class AdaptiveCalibrator(Forecaster):
         first_epoch: L_0, the length of the first epoch (16–32 per the notes §A4).
         radius_scale: c in the fine-zone radius c·√(log T / L_{m−1}); smaller means fewer bins (notes: 0.5–1).
         detect_scale: κ of the change test; ``0`` switches change detection off.
+        detect_window: Longest recent window of the windowed change test (rounded down to 16·2^j); ``0`` keeps
+            only the notes' epoch-mean test.
         budget_block: B, block length of the deviation estimate for the doubling guess of C; ``0`` switches it off.
         lazy: Recompute the inner forecaster's distribution after ``max(1, ⌊lazy·n⌋)`` rounds (0: every round).
         horizon: T for the log T factors if known; ``None`` uses the anytime value log(max(16, t + L_m)).
@@ -65,6 +70,7 @@ class AdaptiveCalibrator(Forecaster):
         first_epoch: int = 32,
         radius_scale: float = 0.5,
         detect_scale: float = 0.6,
+        detect_window: int = 1024,
         budget_block: int = 256,
         lazy: float = 0.0625,
         horizon: int | None = None,
@@ -81,11 +87,16 @@ class AdaptiveCalibrator(Forecaster):
                 "expected radius_scale > 0, detect_scale >= 0, budget_block >= 0 and 0 <= lazy < 1, got "
                 f"{radius_scale}, {detect_scale}, {budget_block}, {lazy}"
             )
+        if detect_window != 0 and detect_window < WINDOW_BLOCK:
+            raise ValueError(f"detect_window must be 0 or >= {WINDOW_BLOCK}, got {detect_window}")
         if horizon is not None and horizon < 1:
             raise ValueError(f"horizon must be a positive integer or None, got {horizon}")
         self.variant, self.measure, self.first_epoch = variant, measure, first_epoch
         self.radius_scale, self.detect_scale, self.budget_block = radius_scale, detect_scale, budget_block
         self.lazy, self.horizon, self.seed = lazy, horizon, seed
+        self.detect_window = detect_window
+        self.max_blocks = 2 ** int(math.log2(detect_window // WINDOW_BLOCK)) if detect_window else 0
+        self.wn, self.ws, self.wsums = 0, 0.0, []
         self.rng = UniformStream(seed)
         self.pseudo: dict[float, list[float]] = {}
         self.t, self.changes, self.c_hat, self.c_obs = 0, 0, 1.0, 0.0
@@ -112,6 +123,11 @@ class AdaptiveCalibrator(Forecaster):
                 self.bs += y
                 if self.bn == self.budget_block:
                     self._budget_check()
+            if self.max_blocks and self.detect_scale:
+                self.wn += 1
+                self.ws += y
+                if self.wn == WINDOW_BLOCK and self._window_check():
+                    return
             if self.detect_scale and n >= 16:
                 if abs(self.s / n - self.anchor) > self.detect_scale * (math.sqrt(self.lg / n) + self.anchor_width):
                     self._change_detected()
@@ -147,10 +163,41 @@ class AdaptiveCalibrator(Forecaster):
             self.core.extend(fine_points(self.anchor, radius, eps), self.anchor)
 
     def _change_detected(self) -> None:
-        self.changes += 1
         n0, s0 = self.ck_prev if self.ck_prev[0] > 0 else (0, 0.0)
         window = self.n - n0
-        self._new_epoch(anchor=(self.s - s0) / window, prev_len=window, epoch=0, full=True)
+        self._restart(anchor=(self.s - s0) / window, window=window)
+
+    def _restart(self, anchor: float, window: int) -> None:
+        """A detected change: fresh first epoch anchored on the ``window`` most recent rounds (mean ``anchor``)."""
+        self.changes += 1
+        self.wn, self.ws, self.wsums = 0, 0.0, []
+        self._new_epoch(anchor=anchor, prev_len=window, epoch=0, full=True)
+
+    def _window_check(self) -> bool:
+        """Windowed change test [design]: the epoch-mean test of the notes dilutes a change that happens n rounds
+        into an epoch, so its delay grows like n. Here, every 16 rounds, the means of the most recent w = 16·2^j
+        rounds (up to ``detect_window``) are compared with the anchor. The threshold is Hoeffding's with a union
+        bound over the J window lengths and the T rounds, √(a/2w) + √(a/2L_{m−1}) with a = log T + log J, so an
+        unchanged mean fires with probability below about 1/8 over the whole stream (``detect_scale`` only scales
+        the notes' epoch-mean test). A window that fires re-anchors the restart on itself: it holds mostly
+        post-change rounds."""
+        self.wsums.append(self.ws)
+        self.wn, self.ws = 0, 0.0
+        if len(self.wsums) > self.max_blocks:
+            del self.wsums[0]
+        a = self.lg + math.log(1 + math.log2(self.max_blocks))
+        slack = math.sqrt(a / (2.0 * self.prev_len))
+        total, blocks, j = 0.0, 0, 1
+        for b in reversed(self.wsums):
+            total += b
+            blocks += 1
+            if blocks == j:
+                w = blocks * WINDOW_BLOCK
+                if abs(total / w - self.anchor) > math.sqrt(a / (2.0 * w)) + slack:
+                    self._restart(anchor=total / w, window=w)
+                    return True
+                j *= 2
+        return False
 
     def _budget_check(self) -> None:
         b = self.budget_block
@@ -184,7 +231,7 @@ class AdaptiveCalibrator(Forecaster):
         return {
             **{k: getattr(self, k) for k in _SCALARS},
             "config": [self.variant, self.measure, self.first_epoch, self.radius_scale, self.detect_scale,
-                       self.budget_block, self.lazy, self.horizon],  # fmt: skip
+                       self.detect_window, self.budget_block, self.lazy, self.horizon],  # fmt: skip
             "core": self.core.state_dict(),
             "rng": self.rng.state_dict(),
             "pseudo": pseudo_to_state(self.pseudo),
@@ -192,7 +239,7 @@ class AdaptiveCalibrator(Forecaster):
 
     def _load(self, state: dict[str, Any]) -> None:
         config = [self.variant, self.measure, self.first_epoch, self.radius_scale, self.detect_scale,
-                  self.budget_block, self.lazy, self.horizon]  # fmt: skip
+                  self.detect_window, self.budget_block, self.lazy, self.horizon]  # fmt: skip
         if list(state["config"]) != config:
             raise ValueError(f"state was saved with settings {state['config']}, this calibrator has {config}")
         for k in _SCALARS:

@@ -13,6 +13,7 @@ from lightning_papers.methods.adaptive_calibration.base import Forecaster, Unifo
 from lightning_papers.methods.adaptive_calibration.swap_regret import (
     QUANTUM,
     SwapRegretCore,
+    clip_edge,
     pseudo_from_state,
     pseudo_to_state,
 )
@@ -35,8 +36,9 @@ class UniformGridCalibrator(Forecaster):
         n = n_intervals if n_intervals is not None else math.ceil(horizon ** (1.0 / 3.0))
         if n < 1:
             raise ValueError(f"n_intervals must be >= 1, got {n}")
-        # grid points snapped to multiples of 1/4096 so the fixed-state metric is exact on them
-        grid = sorted({round(k / n / QUANTUM) * QUANTUM for k in range(n + 1)})
+        # grid points snapped to multiples of 1/4096 so the fixed-state metric is exact on them; the end points are
+        # EDGE and 1 − EDGE rather than 0 and 1 (as in the adaptive grid) so the pseudo-KL error stays finite
+        grid = sorted({clip_edge(round(k / n / QUANTUM) * QUANTUM) for k in range(n + 1)})
         self.horizon, self.n_intervals, self.seed = horizon, n, seed
         self.rng = UniformStream(seed)
         self.pseudo: dict[float, list[float]] = {}

@@ -65,6 +65,7 @@ class AdaptiveCalibrationModule(LightningModule):
         first_epoch: L_0 of the adaptive forecaster (notes §A4: 16–32).
         radius_scale: Fine-zone radius factor c (notes §A4: 0.5–1).
         detect_scale: Change-detection threshold factor κ (0 = off).
+        detect_window: Longest recent window of the windowed change test (0 = epoch-mean test only).
         budget_block: Block length for the doubling guess of C (0 = off).
         lazy: Fraction of rounds between recomputations of the inner distribution (0 = every round).
         seed: Seed of the forecaster's sampling.
@@ -79,6 +80,7 @@ class AdaptiveCalibrationModule(LightningModule):
         first_epoch: int = 32,
         radius_scale: float = 0.5,
         detect_scale: float = 0.6,
+        detect_window: int = 1024,
         budget_block: int = 256,
         lazy: float = 0.0625,
         seed: int = 0,
@@ -90,7 +92,7 @@ class AdaptiveCalibrationModule(LightningModule):
         self.forecaster_name = forecaster
         self.adaptive_kwargs = dict(
             first_epoch=first_epoch, radius_scale=radius_scale, detect_scale=detect_scale,
-            budget_block=budget_block, lazy=lazy,
+            detect_window=detect_window, budget_block=budget_block, lazy=lazy,
         )  # fmt: skip
         self.measure, self.horizon, self.seed = measure, horizon, seed
         if forecaster != "uniform" or horizon is not None:

@@ -20,6 +20,16 @@ from typing import Any
 import numpy as np
 
 QUANTUM = 1.0 / 4096  # every grid point is a multiple of this, so OnlineCalibrationError(resolution=4096) is exact
+# The outermost grid points are QUANTUM and 1 − QUANTUM, not 0 and 1: a forecaster that puts any mass on 0 or 1
+# (sampled, or in its distribution) makes the KL / pseudo-KL calibration error infinite as soon as that forecast is
+# contradicted once (notes §A4.6: the KL variant keeps its grid away from the certain forecasts). Costs at most
+# T·QUANTUM in ℓ1 on a stream whose mean is exactly 0 or 1.
+EDGE = QUANTUM
+
+
+def clip_edge(p: float) -> float:
+    """Clip a grid value into [EDGE, 1 − EDGE]."""
+    return min(1.0 - EDGE, max(EDGE, p))
 
 
 def dyadic_spacing(length: int) -> float:
@@ -40,13 +50,14 @@ def fine_points(anchor: float, radius: float, eps: float) -> list[float]:
     hi = min(1.0, anchor + radius)
     k_lo = min(math.ceil(lo / eps), math.floor(anchor / eps))
     k_hi = max(math.floor(hi / eps), math.ceil(anchor / eps))
-    return [min(1.0, k * eps) for k in range(k_lo, k_hi + 1)]
+    return sorted({clip_edge(k * eps) for k in range(k_lo, k_hi + 1)})
 
 
 def build_grid(anchor: float, radius: float, eps: float, gamma: float) -> list[float]:
     """Non-uniform partition of [0, 1]: spacing ε within ``radius`` of the anchor, ≈ max(ε, γ·distance) outside.
 
-    Always contains 0 and 1. Coarse points are snapped to power-of-two lattices so consecutive epochs share them.
+    Always contains the edges EDGE and 1 − EDGE (never 0 or 1). Coarse points are snapped to power-of-two lattices
+    so consecutive epochs share them.
     """
     pts = set(fine_points(anchor, radius, eps))
     p = max(pts)
@@ -61,8 +72,7 @@ def build_grid(anchor: float, radius: float, eps: float, gamma: float) -> list[f
         nxt = _snap(p - step, step / 2)
         p = nxt if nxt < p else max(0.0, p - step)
         pts.add(p)
-    pts.update((0.0, 1.0))
-    return sorted(pts)
+    return sorted({clip_edge(p) for p in pts})
 
 
 def stationary_distribution(x: np.ndarray, grid: np.ndarray, prev: np.ndarray | None) -> np.ndarray:

@@ -21,6 +21,7 @@ from lightning_papers.methods.adaptive_calibration.swap_regret import (
     stationary_distribution,
 )
 from lightning_papers.metrics.calibration import (
+    kl_calibration_error,
     kl_from_sums,
     l1_calibration_error,
     l2_calibration_error,
@@ -83,6 +84,47 @@ def test_two_segments_beats_rounded_running_mean() -> None:
         assert l2_calibration_error(p, y) < l2_calibration_error(RoundedRunningMean().run(y), y)
 
 
+def detection_times(f: AdaptiveCalibrator, y: np.ndarray) -> list[int]:
+    """Rounds (1-based) after which ``f`` declared a change."""
+    times, seen = [], f.changes
+    for t, yt in enumerate(y.tolist(), start=1):
+        f.predict()
+        f.update(yt)
+        if f.changes > seen:
+            times.append(t)
+            seen = f.changes
+    return times
+
+
+def test_windowed_change_test_catches_a_change_deep_in_an_epoch() -> None:
+    """A 0.3 -> 0.7 change 1936 rounds into a 4096-round epoch: the epoch-mean test needs ≈ 0.09·1936/0.31 ≈ 550
+    rounds (the mean since the epoch start is diluted; measured 420–520), the recent-window test fires by the time a
+    128-round window is post-change (Hoeffding threshold √(13/256) + √(13/4096) ≈ 0.28 < 0.4; measured 32–48)."""
+    change = 6000
+    mu = np.r_[np.full(change, 0.3), np.full(2000, 0.7)]
+    for seed in range(3):
+        y = stream(mu, 10 + seed)
+        windowed = detection_times(AdaptiveCalibrator(seed=seed), y)
+        epoch_only = detection_times(AdaptiveCalibrator(detect_window=0, seed=seed), y)
+        assert windowed and epoch_only and windowed[0] > change and epoch_only[0] > change  # no false alarm before
+        assert windowed[0] - change <= 200
+        assert epoch_only[0] - change >= 2 * (windowed[0] - change)
+
+
+def test_kl_and_pseudo_kl_are_finite_on_a_switching_stream() -> None:
+    """The grids stop at QUANTUM and 1 − QUANTUM, so no forecast is ever certain and KL / pseudo-KL stay finite even
+    on a stream that jumps to a mean near 1."""
+    mu = np.r_[np.full(3000, 0.5), np.full(3000, 0.97), np.full(3000, 0.02)]
+    y = stream(mu, 4)
+    for f in (AdaptiveCalibrator(seed=1), AdaptiveCalibrator(variant="restart", measure="l2", seed=1),
+              UniformGridCalibrator(y.size, seed=1)):  # fmt: skip
+        p = f.run(y)
+        assert QUANTUM <= p.min() and p.max() <= 1 - QUANTUM
+        values, n, s = f.pseudo_stats()
+        assert np.isfinite(kl_from_sums(values, n, s))
+        assert np.isfinite(kl_calibration_error(p, y))
+
+
 def test_forecasts_lie_on_the_quantum_lattice_and_pseudo_counts_add_up() -> None:
     y = stream(np.full(5000, 0.41), 1)
     f = AdaptiveCalibrator(seed=1)
@@ -100,7 +142,7 @@ def test_grid_is_fine_near_anchor_and_coarse_far_away() -> None:
     eps = dyadic_spacing(4096)
     assert eps == 2**-6
     grid = np.array(build_grid(0.37, 0.03, eps, 1.0))
-    assert grid[0] == 0.0 and grid[-1] == 1.0 and np.all(np.diff(grid) > 0)
+    assert grid[0] == QUANTUM and grid[-1] == 1 - QUANTUM and np.all(np.diff(grid) > 0)  # never certain: KL finite
     near = np.diff(grid[(grid >= 0.34) & (grid <= 0.4)])
     np.testing.assert_allclose(near, eps)
     assert np.diff(grid).max() > 8 * eps  # coarse far from the anchor
@@ -151,6 +193,8 @@ def test_bad_settings_raise() -> None:
         AdaptiveCalibrator(variant="fresh")
     with pytest.raises(ValueError, match="first_epoch"):
         AdaptiveCalibrator(first_epoch=1)
+    with pytest.raises(ValueError, match="detect_window must be 0 or >= 16, got 8"):
+        AdaptiveCalibrator(detect_window=8)
     with pytest.raises(ValueError, match="reference"):
         OracleForecaster().run([0, 1])
     with pytest.raises(ValueError, match="settings"):
