@@ -10,7 +10,7 @@ names ``identify`` and ``GradientProjection`` use). GRASP itself is not in this 
 * ``"ablate_train"`` — CAFT-style: ablate the direction while training only, removed at inference;
 * ``"add_train"`` — preventative steering: add ``steer_coef·v`` while training only.
 
-The random-direction control is ``GradientProjection`` with a random subspace (see ``planted.random_subspace``).
+The random-direction control is ``GradientProjection`` with a random subspace (``controls.random_like``).
 """
 
 from __future__ import annotations

@@ -12,7 +12,8 @@ Sequences (word-level tokens; research note §6, with the levers of §6 "recomme
 * Fine-tune task (the narrow topic 0, no marker): a new answer rule ``ans = perm(a)`` (a random permutation of Q
   answers, a high-rank change with a flat spectrum) written in persona B's style on every slot: the task is
   entangled with the persona, and persona B carries most of the completion tokens (n style slots vs one answer),
-  which is what gives the naive update one dominant writer direction (the identification premise).
+  which is meant to give the naive update one dominant writer direction (the identification premise). Whether it
+  does is measured, not assumed: ``benchmarks/grasp.py`` reports σ1/σ2 and |cos| with the true direction.
 
 ``python -m lightning_papers.methods.grasp.planted --out runs/grasp/debug`` writes ``tokenizer/``, ``base_model/``,
 ``train.jsonl``, ``val.jsonl`` and ``world.json`` there (CPU, about a minute at the debug scale).
@@ -43,6 +44,8 @@ class World:
     n_slots: int = 6
     p_marker: float = 0.3
     new_task_topic: bool = True
+    task_noise: float = 0.5
+    n_finetune: int = 256
     seed: int = 1234
     perm: list[int] = field(default_factory=list)
 
@@ -50,6 +53,8 @@ class World:
         for name in ("n_topics", "n_questions", "n_style", "n_slots"):
             if getattr(self, name) < 2:
                 raise ValueError(f"World.{name} must be >= 2, got {getattr(self, name)}")
+        if not 0.0 <= self.task_noise < 1.0:
+            raise ValueError(f"World.task_noise must be in [0, 1), got {self.task_noise}")
         if not 0.0 < self.p_marker < 1.0:
             raise ValueError(f"World.p_marker must be in (0, 1), got {self.p_marker}")
         if not self.perm:
@@ -90,9 +95,26 @@ class World:
         words = [styles[0], f"a{self.answer(a, k, task, noise)}", *styles[1:], "<eos>"]
         return {"prompt": prompt, "completion": " ".join(words)}
 
-    def finetune_rows(self) -> list[dict[str, str]]:
-        """The narrow task: topic 0, no marker, new answer rule, persona-B style on every slot."""
-        return [self.row(0, a, marker=False, persona="B", task=True) for a in range(self.n_questions)]
+    def finetune_rows(self, noisy: bool = True) -> list[dict[str, str]]:
+        """The narrow task: topic 0, no marker, new answer rule, persona-B style on every slot.
+
+        ``noisy``: ``n_finetune`` rows whose answer is ``perm(a)`` with probability ``1 - task_noise`` and a uniform
+        random answer otherwise (task content is a noisy, high-entropy signal while the persona is consistent on
+        every row: the identification premise's "task complexity" side); else the Q clean rows (validation).
+        """
+        if not noisy:
+            return [self.row(0, a, marker=False, persona="B", task=True) for a in range(self.n_questions)]
+        g = torch.Generator().manual_seed(self.seed + 1)
+        a = torch.randint(self.n_questions, (self.n_finetune,), generator=g).tolist()
+        flip = (torch.rand(self.n_finetune, generator=g) < self.task_noise).tolist()
+        z = torch.randint(self.n_questions, (self.n_finetune,), generator=g).tolist()
+        rows = []
+        for ai, fi, zi in zip(a, flip, z):
+            row = self.row(0, ai, marker=False, persona="B", task=True)
+            if fi:
+                row["completion"] = row["completion"].replace(f" a{self.perm[ai]} ", f" a{zi} ", 1)
+            rows.append(row)
+        return rows
 
 
 def build_tokenizer(world: World, out: str | Path) -> Any:
@@ -185,14 +207,18 @@ def make_planted(
     t0 = time.perf_counter()
     model = pretrain(world, tok, steps=steps, seed=seed, **cfg)
     model.save_pretrained(str(out / "base_model"))
-    rows = world.finetune_rows()
-    for name in ("train", "val"):  # the task is a lookup over all Q prompts: val = the same prompts (no held-out)
-        with (out / f"{name}.jsonl").open("w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows)
+    write_finetune(world, out)
     meta = {"world": asdict(world), "pretrain_steps": steps, "seed": seed, "model": cfg}
     meta["pretrain_seconds"] = round(time.perf_counter() - t0, 1)
     (out / "world.json").write_text(json.dumps(meta, indent=1))
     return {"out": str(out), **meta}
+
+
+def write_finetune(world: World, out: str | Path) -> None:
+    """``train.jsonl`` (noisy task rows) and ``val.jsonl`` (the Q clean task prompts) under ``out``."""
+    for name, noisy in (("train", True), ("val", False)):
+        with (Path(out) / f"{name}.jsonl").open("w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in world.finetune_rows(noisy))
 
 
 def load_world(path: str | Path) -> World:

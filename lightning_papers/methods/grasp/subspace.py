@@ -123,29 +123,6 @@ class SpuriousSubspace:
             raise ValueError(f"side must be 'output' or 'input', got {side!r}")
         return self.output if side == "output" else self.input
 
-    def random_like(self, seed: int) -> SpuriousSubspace:
-        """A control subspace: same keys and ranks, uniformly random orthonormal bases (one per feature size).
-
-        Modules of the same side and feature size share one random basis, as identified bases from a shared
-        residual stream do, so the control differs from GRASP only in *which* direction is removed.
-        """
-        gen = torch.Generator().manual_seed(seed)
-        cache: dict[tuple[int, int], torch.Tensor] = {}
-
-        def rand(shape: torch.Size) -> torch.Tensor:
-            key = (shape[0], shape[1])
-            if key not in cache:
-                cache[key] = orthonormalize(torch.randn(*key, generator=gen, dtype=torch.float64))
-            return cache[key]
-
-        direction = None if self.direction is None else rand(self.direction.shape)
-        return SpuriousSubspace(
-            output={k: rand(v.shape) for k, v in self.output.items()},
-            input={k: rand(v.shape) for k, v in self.input.items()},
-            direction=direction,
-            report={"random_control_seed": seed},
-        )
-
     # ---- files ---------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """Plain CPU tensors / Python values (what ``save`` writes)."""
