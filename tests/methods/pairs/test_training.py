@@ -1,0 +1,123 @@
+"""The two PAIRS stages: stage 2 never calls the encoder inside the head's loop and its per-step input does not
+depend on N; a short PAIRS run on the Gaussian model is calibrated at N = 100 and beats the naive factorisation."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+
+from lightning_papers.datamodules.simulated_sets import SimulatedSetsDataModule, pre_aggregate
+from lightning_papers.methods.pairs.baselines import naive_factorized_log_posterior
+from lightning_papers.methods.pairs.encoder import DeepSetEncoder
+from lightning_papers.methods.pairs.evaluation import head_log_q_grid, score
+from lightning_papers.methods.pairs.heads import GaussianHead
+from lightning_papers.methods.pairs.module import PairsNPE
+from lightning_papers.methods.pairs.simulators import GaussianSharedLocation, simulate
+from lightning_papers.methods.pairs.training import fit_joint, refit_head, train_head
+
+
+class CountEncoderCalls(Callback):
+    """Count forward calls of the element network φ inside every training batch, per stage, and record the shape
+    of every stage-2 batch."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.per_batch: dict[int, list[int]] = {1: [], 2: []}
+        self.stage2_shapes: set[tuple[tuple[int, ...], ...]] = set()
+        self.calls_at_stage1_end = -1
+
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        def hook(*_: object) -> None:
+            self.calls += 1
+
+        pl_module.encoder.phi.register_forward_hook(hook)
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch, batch_idx: int) -> None:
+        self._start = self.calls
+        if pl_module.stage_at_epoch(trainer.current_epoch) == 2:
+            self.stage2_shapes.add(tuple(tuple(t.shape) for t in batch))
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if pl_module.stage_at_epoch(trainer.current_epoch + 1) == 2 and self.calls_at_stage1_end < 0:
+            self.calls_at_stage1_end = self.calls
+
+    @property
+    def stage2_calls(self) -> int:
+        """Encoder calls from the end of stage 1 to the end of fit (validation is off in these runs)."""
+        return self.calls - self.calls_at_stage1_end
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs, batch, batch_idx: int) -> None:
+        self.per_batch[pl_module.stage_at_epoch(trainer.current_epoch)].append(self.calls - self._start)
+
+
+def run_two_stages(stage2_n: int, stage2_batches: int, num_sets: int = 300, chunk: int = 2**17) -> CountEncoderCalls:
+    sim = GaussianSharedLocation()
+    dm = SimulatedSetsDataModule(sim, batch_size=32, batches_per_epoch=4, stage2_set_sizes=[stage2_n],
+                                 stage2_num_sets=num_sets, stage2_batch_size=64,
+                                 stage2_batches_per_epoch=stage2_batches, val_set_sizes=[5], val_num_sets=8,
+                                 chunk_elements=chunk)  # fmt: skip
+    model = PairsNPE(theta_dim=1, x_dim=1, stage1_epochs=2, grid_points=50)
+    counter = CountEncoderCalls()
+    trainer = Trainer(max_epochs=4, reload_dataloaders_every_n_epochs=1, limit_val_batches=0, logger=False,
+                      enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                      callbacks=[counter], accelerator="cpu")  # fmt: skip
+    enc_before = [p.detach().clone() for p in model.encoder.parameters()]
+    trainer.fit(model, dm)
+    counter.model, counter.encoder_before = model, enc_before
+    return counter
+
+
+@pytest.mark.parametrize("stage2_n", [10, 1000])
+def test_stage2_never_calls_the_encoder_in_the_head_loop(stage2_n: int) -> None:
+    few, many = run_two_stages(stage2_n, stage2_batches=3), run_two_stages(stage2_n, stage2_batches=9)
+    for c, batches in [(few, 3), (many, 9)]:
+        assert len(c.per_batch[1]) == 8 and all(k == 1 for k in c.per_batch[1])  # stage 1: one encoder call a step
+        assert len(c.per_batch[2]) == 2 * batches and all(k == 0 for k in c.per_batch[2])  # stage 2: none at all
+        # the stage-2 batches are (θ [B, 1], z [B, 16], log N [B, 1]) whatever the set size N was
+        assert c.stage2_shapes == {((64, 1), (64, 16), (64, 1))}
+        # the encoder is frozen in stage 2: it ends where stage 1 left it, and it did change during stage 1
+        assert not c.model.encoder.phi[0].weight.requires_grad
+        assert any((a - b).abs().max() > 0 for a, b in zip(c.encoder_before, c.model.encoder.parameters()))
+    # the bank is built once (300 sets, 2^17 elements per call): the encoder work of stage 2 is the same for 2 x 3
+    # and 2 x 9 head steps
+    assert few.stage2_calls == many.stage2_calls == math.ceil(300 / max(1, 2**17 // stage2_n))
+
+
+def test_bank_is_pre_aggregated_in_chunks_once() -> None:
+    """300 sets at N = 1000 with 2^14-element chunks: 16 sets per call, so exactly 19 encoder calls, once."""
+    c = run_two_stages(1000, stage2_batches=2, num_sets=300, chunk=2**14)
+    assert c.stage2_calls == math.ceil(300 / (2**14 // 1000))
+
+
+def test_train_head_updates_only_the_head_and_matches_the_bank() -> None:
+    sim = GaussianSharedLocation()
+    enc = DeepSetEncoder(1)
+    bank = pre_aggregate(enc, sim, 400, [3, 50], torch.Generator().manual_seed(0))
+    assert bank.theta.shape == (400, 1) and bank.z.shape == (400, 16) and bank.log_n.shape == (400, 1)
+    torch.testing.assert_close(bank.log_n.unique(), torch.tensor([math.log(3), math.log(50)]))
+    head = GaussianHead(1, 16)
+    losses = train_head(head, bank, steps=300, batch_size=128, lr=3e-3, generator=torch.Generator().manual_seed(0))
+    assert sum(losses[-30:]) / 30 < sum(losses[:30]) / 30 - 0.2
+    with pytest.raises(ValueError, match="steps and batch_size"):
+        train_head(head, bank, steps=0)
+
+
+def test_short_pairs_run_is_calibrated_at_n_100() -> None:
+    """Stage 1 on N ∈ {1, 2} (800 steps), stage 2 at N = 100: 50%/90% coverage near nominal, KL far below naive."""
+    sim = GaussianSharedLocation()
+    enc, head1 = fit_joint(sim, [1, 2], steps=800, batch_size=256, seed=0)
+    head2 = refit_head(enc, head1, sim, [100], num_sets=4000, steps=1500, batch_size=256, seed=1)
+    theta, x = simulate(sim, 400, 100, torch.Generator().manual_seed(123))
+    grid = sim.grid(1500)
+    res = score(head_log_q_grid(enc, head2, grid, x), sim, grid, theta, x)
+    naive = score(naive_factorized_log_posterior(sim, grid, x), sim, grid, theta, x)
+    stage1_only = score(head_log_q_grid(enc, head1, grid, x), sim, grid, theta, x)
+    assert 0.82 <= res["coverage90"] <= 0.97, res
+    assert 0.38 <= res["coverage50"] <= 0.62, res
+    assert res["kl"] < 0.5 and res["kl"] < naive["kl"] / 5, (res, naive)
+    assert res["mean_err_sd"] < 1.0, res
+    # without the stage-2 refit the stage-1 head (log N ∈ {0, log 2} only) is far off at N = 100
+    assert stage1_only["kl"] > 3 * res["kl"], stage1_only
