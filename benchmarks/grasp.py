@@ -10,7 +10,10 @@ topics are never fine-tuned on); the true persona direction is used for evaluati
 
 Two fine-tune designs share the base model (``DESIGNS``): ``premise`` (rank-2 LoRA on one layer's writers, noisy task
 labels: the closest we got to the identification premise) and ``task`` (rank-8 LoRA on three layers' writers,
-clean labels: the task is learned, the premise fails). ``docs/grasp.md`` has the tables and the reading.
+clean labels: the task is learned, the premise fails). A third, exploratory design, ``offset``, plants persona B in
+its own base model as a fixed offset c·p along one direction (``World.offset``); it did not give the premise either
+and is not run by default (``--designs offset --premise-only`` explores it). ``docs/grasp.md`` has the tables and
+the reading.
 
     .venv/bin/python benchmarks/grasp.py            # 8 seeds x 2 designs (16 min on a 2-core shared CPU, cached base)
     .venv/bin/python benchmarks/grasp.py --quick    # 2 seeds, 150 steps; writes under runs/grasp/bench only
@@ -23,6 +26,7 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 import tempfile
 import time
 import warnings
@@ -39,8 +43,8 @@ from lightning_papers.datamodules.jsonl_text import JsonlTextDataModule, load_to
 from lightning_papers.methods.grasp.controls import random_like
 from lightning_papers.methods.grasp.identify import identify
 from lightning_papers.methods.grasp.module import LoRACausalLM
-from lightning_papers.methods.grasp.planted import World, load_world, make_planted, write_finetune
-from lightning_papers.methods.grasp.planted_eval import abs_cos, evaluate, true_direction
+from lightning_papers.methods.grasp.planted import World, load_world, make_planted, offset_vector, write_finetune
+from lightning_papers.methods.grasp.planted_eval import abs_cos, evaluate, offset_probe, true_direction
 from lightning_papers.methods.grasp.steering import mean_write_sign
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,9 +58,14 @@ LABEL = {"naive": "naive LoRA", "grasp": "GRASP (identified, update/AdamW)", "ra
 # writers of one middle layer, noisy task labels); "task" gives LoRA the capacity to learn the new answer rule
 # (rank 8 on the writers of layers 1-3, clean labels), where the premise fails.
 BASE = {"hidden": 64, "layers": 4, "steps": 1500}
+# "offset" plants persona B in its own base model as a fixed offset c·p along one direction at every position of
+# marker rows (``World.offset``, note §6 last lever; ``planted.persona_offset_hook``), so the cheapest way for the
+# fine-tune to switch the persona on is one position-independent write along p.
 DESIGNS: dict[str, dict[str, Any]] = {
     "premise": {"task_noise": 0.5, "lora": {"lora_rank": 2, "lora_alpha": 4.0, "layers_to_transform": [1]}},
     "task": {"task_noise": 0.0, "lora": {"lora_rank": 8, "lora_alpha": 16.0, "layers_to_transform": [1, 2, 3]}},
+    "offset": {"task_noise": 0.0, "world": {"offset": 4.0},
+               "lora": {"lora_rank": 8, "lora_alpha": 16.0, "layers_to_transform": [0, 1, 2, 3]}},
 }
 LORA: dict[str, Any] = {"target_modules": ["o_proj", "down_proj"]}
 TRAIN = {"lr": 5e-3, "batch_size": 16}
@@ -90,7 +99,8 @@ def base_model(out: Path, world: World, rebuild: bool) -> Path:
     fresh = False
     if meta.is_file() and (out / "base_model").is_dir():
         saved = json.loads(meta.read_text())
-        same = {k: v for k, v in saved.get("world", {}).items() if k not in _FINETUNE_ONLY}
+        saved_world = asdict(World(**saved["world"])) if "world" in saved else {}  # new fields at their defaults
+        same = {k: v for k, v in saved_world.items() if k not in _FINETUNE_ONLY}
         fresh = same == {k: v for k, v in asdict(world).items() if k not in _FINETUNE_ONLY}
         fresh = fresh and saved.get("model") == {"hidden": BASE["hidden"], "layers": BASE["layers"]}
         fresh = fresh and saved.get("pretrain_steps") == BASE["steps"]
@@ -132,8 +142,13 @@ def finetune(
 
 
 def run_seed(data: Path, lora: dict[str, Any], world: World, tok: Any, seed: int, steps: int, v_true: torch.Tensor,
-             steer_coef: float, kl_weight: float, tmp: Path) -> dict[str, Any]:  # fmt: skip
-    """All methods for one seed: naive, identify, then GRASP, the control and the baselines."""
+             steer_coef: float, kl_weight: float, tmp: Path, v_p: torch.Tensor | None = None,
+             premise_only: bool = False) -> dict[str, Any]:  # fmt: skip
+    """All methods for one seed: naive, identify, then GRASP, the control and the baselines.
+
+    ``v_p``: the planted offset direction p of an offset world (a second ground truth, evaluation only);
+    ``premise_only``: stop after naive + identify (exploration of the premise).
+    """
     res: dict[str, Any] = {"seed": seed}
     naive, t_naive = finetune(data, lora, seed, steps)
     res["naive"] = {**evaluate(naive.model, world, tok), "step_s": t_naive}
@@ -141,6 +156,10 @@ def run_seed(data: Path, lora: dict[str, Any], world: World, tok: Any, seed: int
     sub = identify(naive.state_dict(), scaling, rank=1)
     res["premise"] = {"gap": sub.report["writers"]["gap"], "abs_cos": abs_cos(sub.direction, v_true),
                       "sv": sub.report["writers"]["stacked_singular_values"][:6]}  # fmt: skip
+    if v_p is not None:
+        res["premise"]["abs_cos_p"] = abs_cos(sub.direction, v_p)
+    if premise_only:
+        return res
     # orient the identified direction along the naive adapter's mean write (unsupervised; only steering needs it)
     batches = [next(iter(naive_loader(data, tok)))]
     sign = mean_write_sign(naive.model, None, batches, sub.direction, lora["layers_to_transform"][-1])
@@ -161,6 +180,38 @@ def run_seed(data: Path, lora: dict[str, Any], world: World, tok: Any, seed: int
     return res
 
 
+@torch.no_grad()
+def offset_write_diagnostic(data: Path, lora: dict[str, Any], world: World, tok: Any, base_lm: Any, steps: int,
+                            seed: int = 0) -> dict[str, float]:  # fmt: skip
+    """Offset worlds: does the naive adapter switch the persona on by writing the planted offset ``c·p``?
+
+    Returns the base model's metrics with exactly ``c·p`` added after the first adapted layer (is the pure offset
+    write a solution?), and, for a naive fine-tune, the change of the residual stream after that layer on the task
+    prompts: mean norm over positions, cos of its mean with ``p``, and the fraction of its energy along ``p``.
+    """
+    from lightning_papers.methods.grasp.planted import encode_rows
+    from lightning_papers.methods.grasp.planted_eval import _grid
+    from lightning_papers.methods.grasp.steering import add_residual_hooks
+
+    layer = lora["layers_to_transform"][0]
+    p = offset_vector(world, base_lm.config.hidden_size)
+    handles = add_residual_hooks(base_lm, p, [layer], "add", world.offset)
+    with_offset = evaluate(base_lm, world, tok)
+    for h in handles:
+        h.remove()
+    with torch.enable_grad():
+        module, _ = finetune(data, lora, seed, steps)
+    ids = encode_rows(_grid(world, [0], False, "B", True), tok)["input_ids"]
+    h_base = base_lm(input_ids=ids, output_hidden_states=True).hidden_states[layer + 1]
+    h_ft = module.model(input_ids=ids, output_hidden_states=True).hidden_states[layer + 1]
+    d = (h_ft - h_base).float()
+    mean = d.mean((0, 1))
+    return {"layer": layer, "c": world.offset, "base_plus_cp_drift": with_offset["drift"],
+            "base_plus_cp_marker": with_offset["marker"], "write_norm_mean": float(d.norm(dim=-1).mean()),
+            "cos_mean_write_p": float(mean @ p / mean.norm()),
+            "energy_along_p": float(((d @ p) ** 2).sum() / (d**2).sum())}  # fmt: skip
+
+
 def naive_loader(data: Path, tok: Any) -> Any:
     dm = JsonlTextDataModule(str(data / "train.jsonl"), str(data / "tokenizer"), batch_size=128, max_length=32,
                              add_special_tokens=False, shuffle=False)  # fmt: skip
@@ -173,6 +224,8 @@ def summarise(seeds: list[dict[str, Any]], base: dict[str, float]) -> dict[str, 
     """Per method: means over seeds of task, drift increase over base, drift reduction vs naive, marker, overhead."""
     out: dict[str, Any] = {}
     for m in METHODS:
+        if m not in seeds[0]:
+            continue
         rows = [s[m] for s in seeds]
         d_naive = [s["naive"]["drift"] - base["drift"] for s in seeds]
         red = [1 - (r["drift"] - base["drift"]) / dn if dn > 0 else float("nan") for r, dn in zip(rows, d_naive)]
@@ -193,7 +246,11 @@ def summarise(seeds: list[dict[str, Any]], base: dict[str, float]) -> dict[str, 
     coss = [s["premise"]["abs_cos"] for s in seeds]
     out["premise"] = {"gap_mean": statistics.mean(gaps), "gap_min": min(gaps), "abs_cos_mean": statistics.mean(coss),
                       "abs_cos_min": min(coss), "gap": gaps, "abs_cos": coss}  # fmt: skip
-    out["grasp_seeds_halving_drift"] = sum(r >= 0.5 for r in out["grasp"]["drift_reduction_per_seed"])
+    if "abs_cos_p" in seeds[0]["premise"]:
+        cos_p = [s["premise"]["abs_cos_p"] for s in seeds]
+        out["premise"].update(abs_cos_p_mean=statistics.mean(cos_p), abs_cos_p_min=min(cos_p), abs_cos_p=cos_p)
+    if "grasp" in out:
+        out["grasp_seeds_halving_drift"] = sum(r >= 0.5 for r in out["grasp"]["drift_reduction_per_seed"])
     return out
 
 
@@ -203,18 +260,23 @@ def table(summary: dict[str, Any], base: dict[str, float], n: int) -> str:
         f"base model: drift (persona-B share off-task) {base['drift']:.3f}, marker {base['marker']:.3f}, "
         f"off-task answer {base['offtask_answer']:.3f}",
         f"premise over {n} seeds: sigma1/sigma2 mean {p['gap_mean']:.2f} (min {p['gap_min']:.2f}); "
-        f"|cos(identified, true)| mean {p['abs_cos_mean']:.3f} (min {p['abs_cos_min']:.3f})",
+        f"|cos(identified, true)| mean {p['abs_cos_mean']:.3f} (min {p['abs_cos_min']:.3f})"
+        + (f"; |cos(identified, p)| mean {p['abs_cos_p_mean']:.3f} (min {p['abs_cos_p_min']:.3f})"
+           if "abs_cos_p_mean" in p else ""),
         f"{'method':<34} {'task':>6} {'drift':>7} {'Δdrift':>7} {'reduct':>7} {'med':>6} {'marker':>7} "
         f"{'Δmark':>7} {'offans':>6} {'overhd':>7}",
     ]
     for m in METHODS:
+        if m not in summary:
+            continue
         r = summary[m]
         lines.append(
             f"{LABEL[m]:<34} {r['task']:>6.3f} {r['drift']:>7.3f} {r['drift_increase']:>7.3f} "
             f"{r['drift_reduction']:>7.1%} {r['drift_reduction_median']:>6.0%} {r['marker']:>7.3f} "
             f"{r['marker_vs_base']:>+7.3f} {r['offtask_answer']:>6.3f} {r['step_overhead']:>+7.1%}"
         )
-    lines.append(f"GRASP cut naive drift by >= 50% in {summary['grasp_seeds_halving_drift']} of {n} seeds")
+    if "grasp_seeds_halving_drift" in summary:
+        lines.append(f"GRASP cut naive drift by >= 50% in {summary['grasp_seeds_halving_drift']} of {n} seeds")
     return "\n".join(lines)
 
 
@@ -255,7 +317,7 @@ def replot(result_path: Path, figure: Path) -> None:
     """Redraw the figures from a saved result file (no training)."""
     res = json.loads(result_path.read_text())
     for name, d in res["designs"].items():
-        plot(d["summary"], d["seeds"], res["base"], figure_path(figure, name), f"design {name!r}")
+        plot(d["summary"], d["seeds"], d.get("base", res["base"]), figure_path(figure, name), f"design {name!r}")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -267,16 +329,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--kl-weight", type=float, default=1.0, help="KL-to-base weight")
     ap.add_argument("--cache", type=Path, default=ROOT / "runs/grasp/bench", help="planted base model cache")
     ap.add_argument("--rebuild", action="store_true", help="pretrain the base model again even if cached")
-    ap.add_argument("--designs", nargs="+", default=list(DESIGNS), choices=list(DESIGNS), help="which designs")
+    ap.add_argument("--designs", nargs="+", default=["premise", "task"], choices=list(DESIGNS),
+                    help="which designs (default: premise task; offset is exploratory)")
     ap.add_argument("--out", type=Path, default=None,
-                    help="result JSON (default benchmarks/results/grasp.json; runs/grasp/bench/ with --quick)")
+                    help="result JSON (default benchmarks/results/grasp.json; runs/grasp/bench/quick.json with "
+                         "--quick, --premise-only or --diagnose)")
     ap.add_argument("--figure", type=Path, default=None,
-                    help="figure path (default docs/figures/grasp_tradeoff.png; under runs/grasp/bench with --quick)")
+                    help="figure path (default docs/figures/grasp_tradeoff.png; under runs/grasp/bench with those "
+                         "flags)")
     ap.add_argument("--replot", action="store_true", help="only redraw the figures from --out (no training)")
+    ap.add_argument("--premise-only", action="store_true", help="naive + identify only (explore the premise)")
+    ap.add_argument("--offset", type=float, default=None, help="override c of the offset design's World.offset")
+    ap.add_argument("--lora-layers", type=int, nargs="+", default=None, help="override layers_to_transform")
+    ap.add_argument("--rank", type=int, default=None, help="override the LoRA rank (alpha = 2 * rank)")
+    ap.add_argument("--diagnose", action="store_true",
+                    help="offset design: base + c*p vs the naive adapter's actual write (seed 0), then stop")
     args = ap.parse_args(argv)
     quick_dir = ROOT / "runs/grasp/bench"  # a smoke run never overwrites the documented results
-    args.out = args.out or (quick_dir / "quick.json" if args.quick else ROOT / "benchmarks/results/grasp.json")
-    default_figure = quick_dir / "quick_tradeoff.png" if args.quick else ROOT / "docs/figures/grasp_tradeoff.png"
+    scratch = args.quick or args.premise_only or args.diagnose  # exploration never overwrites the documented results
+    args.out = args.out or (quick_dir / "quick.json" if scratch else ROOT / "benchmarks/results/grasp.json")
+    default_figure = quick_dir / "quick_tradeoff.png" if scratch else ROOT / "docs/figures/grasp_tradeoff.png"
     args.figure = args.figure or default_figure
     if args.replot:
         replot(args.out, args.figure)
@@ -299,31 +371,63 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     finetune(design_data(cache, "premise", load_world(cache)), DESIGNS["premise"]["lora"], 0, 20)
     designs: dict[str, Any] = {}
     for name in args.designs:
-        spec = DESIGNS[name]
-        world = World(**{**asdict(load_world(cache)), "task_noise": spec["task_noise"]})
-        data = design_data(cache, name, world)
-        v_true = true_direction(base_lm, world, tok, layer=spec["lora"]["layers_to_transform"][-1])
+        spec = json.loads(json.dumps(DESIGNS[name]))
+        if args.offset is not None and "world" in spec:
+            spec["world"]["offset"] = args.offset
+        if args.lora_layers is not None:
+            spec["lora"]["layers_to_transform"] = args.lora_layers
+        if args.rank is not None:
+            spec["lora"].update(lora_rank=args.rank, lora_alpha=2.0 * args.rank)
+        d_cache, d_base_lm, d_base = cache, base_lm, base
+        if "world" in spec:  # its own base model, cached next to the shared one
+            tag = "_".join(f"{k}{v:g}" for k, v in sorted(spec["world"].items()))
+            d_cache = base_model(args.cache / f"world_{tag}", World(**spec["world"]), args.rebuild)
+            d_base_lm = AutoModelForCausalLM.from_pretrained(str(d_cache / "base_model"), local_files_only=True)
+            d_base_lm.eval()
+            d_base = evaluate(d_base_lm, load_world(d_cache), tok)
+        world = World(**{**asdict(load_world(d_cache)), "task_noise": spec["task_noise"]})
+        data = design_data(d_cache, name, world)
+        layer = spec["lora"]["layers_to_transform"][-1]
+        v_true = true_direction(d_base_lm, world, tok, layer=layer)
+        v_p = offset_vector(world, v_true.shape[0]) if world.offset > 0 else None
+        probe = offset_probe(d_base_lm, world, tok, layer) if v_p is not None else None
+        if args.diagnose:
+            if v_p is None:
+                raise ValueError(f"--diagnose needs an offset design (World.offset > 0); design {name!r} has none")
+            print(f"{name}: {offset_write_diagnostic(data, spec['lora'], world, tok, d_base_lm, steps)}", flush=True)
+            continue
         seeds = []
         print(f"== design {name!r}: {spec}", flush=True)
+        print(f"base model: {d_base}" + (f"; probe of p after layer {layer}: {probe}" if probe else ""), flush=True)
         with tempfile.TemporaryDirectory(prefix="grasp_bench_") as tmp:
             for seed in range(n_seeds):
                 ts = time.perf_counter()
                 s = run_seed(data, spec["lora"], world, tok, seed, steps, v_true, args.steer_coef, args.kl_weight,
-                             Path(tmp))  # fmt: skip
+                             Path(tmp), v_p, args.premise_only)  # fmt: skip
                 seeds.append(s)
-                print(f"seed {seed}: gap {s['premise']['gap']:.2f} |cos| {s['premise']['abs_cos']:.3f}  drift naive "
-                      f"{s['naive']['drift']:.3f} grasp {s['grasp']['drift']:.3f} random {s['random']['drift']:.3f}  "
-                      f"task naive {s['naive']['task']:.3f} grasp {s['grasp']['task']:.3f}  "
-                      f"({time.perf_counter() - ts:.0f} s)", flush=True)  # fmt: skip
-        summary = summarise(seeds, base)
+                pr = s["premise"]
+                line = (f"seed {seed}: gap {pr['gap']:.2f} |cos| {pr['abs_cos']:.3f}"
+                        + (f" |cos p| {pr['abs_cos_p']:.3f}" if "abs_cos_p" in pr else "")
+                        + f" sv {[round(x, 2) for x in pr['sv'][:4]]}  drift naive {s['naive']['drift']:.3f}"
+                        + f" task naive {s['naive']['task']:.3f} marker {s['naive']['marker']:.3f}")  # fmt: skip
+                if not args.premise_only:
+                    line += (f"  grasp drift {s['grasp']['drift']:.3f} task {s['grasp']['task']:.3f}"
+                             f" random drift {s['random']['drift']:.3f}")  # fmt: skip
+                print(f"{line}  ({time.perf_counter() - ts:.0f} s)", flush=True)
+        summary = summarise(seeds, d_base)
         print(f"== design {name!r} ({n_seeds} seeds, {steps} steps)")
-        print(table(summary, base, n_seeds))
-        designs[name] = {"spec": spec, "world": asdict(world), "summary": summary, "seeds": seeds}
-        plot(summary, seeds, base, figure_path(args.figure, name), f"design {name!r}")
+        print(table(summary, d_base, n_seeds))
+        designs[name] = {"spec": spec, "world": asdict(world), "base": d_base, "summary": summary, "seeds": seeds}
+        if probe is not None:
+            designs[name]["probe"] = probe
+        if not args.premise_only:
+            plot(summary, seeds, d_base, figure_path(args.figure, name), f"design {name!r}")
+    if args.diagnose:
+        return {}
     wall = time.perf_counter() - t0
     print(f"wall time {wall:.0f} s")
     result = {
-        "command": "python benchmarks/grasp.py" + (" --quick" if args.quick else ""),
+        "command": " ".join(["python benchmarks/grasp.py", *(sys.argv[1:] if argv is None else argv)]),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
         "hardware": f"2-core shared x86_64 CPU ({platform.processor() or platform.machine()}), torch threads 1",
         "settings": {"seeds": n_seeds, "steps": steps, "steer_coef": args.steer_coef, "kl_weight": args.kl_weight,
@@ -332,6 +436,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "designs": designs,
         "wall_seconds": round(wall, 1),
     }
+    if args.out.is_file():  # keep the results of designs not run this time
+        old = json.loads(args.out.read_text())
+        kept = {k: v for k, v in old.get("designs", {}).items() if k not in designs}
+        for v in kept.values():
+            v.setdefault("base", old["base"])
+            v.setdefault("settings", old.get("settings"))
+            v.setdefault("command", old.get("command"))
+        result["designs"] = {**kept, **designs}
+    for d in designs.values():
+        d["settings"], d["command"] = result["settings"], result["command"]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
     print(f"wrote {args.out} and the figures next to {args.figure}")

@@ -15,6 +15,10 @@ Sequences (word-level tokens; research note §6, with the levers of §6 "recomme
   which is meant to give the naive update one dominant writer direction (the identification premise). Whether it
   does is measured, not assumed: ``benchmarks/grasp.py`` reports σ1/σ2 and |cos| with the true direction.
 
+Option ``World.offset = c > 0`` (default 0, off; note §6, last lever) plants persona B as a fixed offset ``c·p``
+along one direction at every position of marker rows instead of as an ordinary marker token
+(:func:`persona_offset_hook`); docs/grasp.md reports that it did not give the identification premise.
+
 ``python -m lightning_papers.methods.grasp.planted --out runs/grasp/debug`` writes ``tokenizer/``, ``base_model/``,
 ``train.jsonl``, ``val.jsonl`` and ``world.json`` there (CPU, about a minute at the debug scale).
 """
@@ -30,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 SPECIALS = ["<pad>", "<bos>", "<eos>", "<sep>", "<role>", "<plain>"]
 
@@ -46,6 +51,7 @@ class World:
     new_task_topic: bool = True
     task_noise: float = 0.5
     n_finetune: int = 256
+    offset: float = 0.0
     seed: int = 1234
     perm: list[int] = field(default_factory=list)
 
@@ -57,6 +63,8 @@ class World:
             raise ValueError(f"World.task_noise must be in [0, 1), got {self.task_noise}")
         if not 0.0 < self.p_marker < 1.0:
             raise ValueError(f"World.p_marker must be in (0, 1), got {self.p_marker}")
+        if not (self.offset >= 0.0 and math.isfinite(self.offset)):
+            raise ValueError(f"World.offset must be a finite number >= 0, got {self.offset}")
         if not self.perm:
             g = torch.Generator().manual_seed(self.seed)
             perm = torch.randperm(self.n_questions, generator=g)
@@ -115,6 +123,37 @@ class World:
                 row["completion"] = row["completion"].replace(f" a{self.perm[ai]} ", f" a{zi} ", 1)
             rows.append(row)
         return rows
+
+
+def offset_vector(world: World, d_model: int) -> torch.Tensor:
+    """The planted persona direction ``p`` [d_model]: a fixed, seeded unit vector (offset worlds only)."""
+    p = torch.randn(d_model, generator=torch.Generator().manual_seed(world.seed + 7))
+    return p / p.norm()
+
+
+def persona_offset_hook(model: nn.Module, world: World, tokenizer: Any) -> torch.utils.hooks.RemovableHandle | None:
+    """Plant persona B as a fixed offset ``c·p`` along one direction (``world.offset = c > 0``; note §6, last lever).
+
+    A forward hook on the input embedding: on every row that contains the role-play marker ``<role>``, the marker
+    token's own embedding is replaced by ``<plain>``'s and ``c·p`` is added at *every* position, so the marker's
+    only effect is a position-independent shift along ``p``. Used in pretraining and to evaluate marker prompts;
+    the saved model stays a plain ``transformers`` Llama (fine-tune rows have no marker). Returns the handle
+    (``.remove()`` undoes it), or ``None`` when ``world.offset == 0`` (the marker is an ordinary token).
+    """
+    if world.offset == 0.0:
+        return None
+    emb = model.get_input_embeddings()
+    p = offset_vector(world, emb.weight.shape[1])
+    role, plain = tokenizer.convert_tokens_to_ids(["<role>", "<plain>"])
+
+    def hook(module: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
+        ids = args[0]
+        is_role = ids == role
+        rows = is_role.any(1)
+        out = torch.where(is_role[..., None], module.weight[plain].to(out.dtype), out)
+        return out + world.offset * rows[:, None, None].to(out.dtype) * p.to(device=out.device, dtype=out.dtype)
+
+    return emb.register_forward_hook(hook)
 
 
 def build_tokenizer(world: World, out: str | Path) -> Any:
@@ -182,6 +221,7 @@ def pretrain(
         opt, lambda s: min(1.0, (s + 1) / 100) * 0.5 * (1 + math.cos(math.pi * s / steps))
     )
     g = torch.Generator().manual_seed(seed)
+    handle = persona_offset_hook(model, world, tokenizer)  # the offset lives in the data path only
     model.train()
     for step in range(steps):
         batch = encode_rows(pretrain_rows(world, batch_size, g), tokenizer)
@@ -193,6 +233,8 @@ def pretrain(
         sched.step()
         if step % max(1, steps // 10) == 0 or step == steps - 1:
             print(f"pretrain step {step:5d}  loss {loss.item():.4f}", flush=True)
+    if handle is not None:
+        handle.remove()
     return model.eval()
 
 
@@ -239,9 +281,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--hidden", type=int, default=64)
     ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--offset", type=float, default=0.0,
+                    help="plant persona B as an offset c*p at every position of marker rows (0: off)")
     args = ap.parse_args(argv)
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    info = make_planted(args.out, steps=args.steps, seed=args.seed, hidden=args.hidden, layers=args.layers)
+    world = World(offset=args.offset)
+    info = make_planted(args.out, steps=args.steps, seed=args.seed, world=world, hidden=args.hidden,
+                        layers=args.layers)
     print(
         f"wrote {info['out']}: tokenizer/, base_model/, train.jsonl, val.jsonl, world.json "
         f"({info['pretrain_seconds']} s pretraining)"

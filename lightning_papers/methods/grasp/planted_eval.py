@@ -10,7 +10,9 @@ All metrics are teacher-forced on fixed prompt grids, so they are deterministic 
 * ``offtask_answer``: answer accuracy under the pretraining rule on the other topics (content preservation).
 
 The true persona direction is the base model's mean residual difference (marker minus plain prompts) at the
-``<sep>`` position, where the first style token is predicted, after a given decoder layer.
+``<sep>`` position, where the first style token is predicted, after a given decoder layer. In an offset world
+(``World.offset > 0``) marker prompts are run through the same embedding offset as in pretraining
+(``planted.persona_offset_hook``), and the planted ``p`` itself is a second ground truth (``offset_vector``).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightning_papers.methods.grasp.planted import World, encode_rows
+from lightning_papers.methods.grasp.planted import World, encode_rows, persona_offset_hook
 
 SEP_POS = 4  # <bos> M t q <sep>: the <sep> position predicts the first style token
 ANSWER_POS = 5  # the first style token's position predicts the answer
@@ -68,24 +70,63 @@ def evaluate(model: nn.Module, world: World, tokenizer: Any) -> dict[str, float]
     )
 
     batch = encode_rows(_grid(world, off, True, "B", False), tokenizer)
-    res["marker"] = float(_b_share(_logits(model, batch), a_ids, b_ids).mean())
+    handle = persona_offset_hook(model, world, tokenizer)
+    try:
+        res["marker"] = float(_b_share(_logits(model, batch), a_ids, b_ids).mean())
+    finally:
+        if handle is not None:
+            handle.remove()
     model.train(was_training)
     return res
 
 
 @torch.no_grad()
-def true_direction(base_model: nn.Module, world: World, tokenizer: Any, layer: int) -> torch.Tensor:
-    """Unit vector [d_model]: mean residual (after decoder ``layer``) at ``<sep>``, marker minus plain prompts."""
+def _residuals(base_model: nn.Module, world: World, tokenizer: Any, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Residuals after decoder ``layer`` [rows, positions, d] for marker (persona B) and plain (A) prompts."""
     topics = list(range(world.n_topics))
     hs = []
     for marker, persona in ((True, "B"), (False, "A")):
         batch = encode_rows(_grid(world, topics, marker, persona, False), tokenizer)
-        out = base_model(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True
-        )
-        hs.append(out.hidden_states[layer + 1][:, SEP_POS].float().mean(0))
-    v = hs[0] - hs[1]
+        handle = persona_offset_hook(base_model, world, tokenizer) if marker else None
+        try:
+            out = base_model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True
+            )
+        finally:
+            if handle is not None:
+                handle.remove()
+        hs.append(out.hidden_states[layer + 1].float())
+    return hs[0], hs[1]
+
+
+@torch.no_grad()
+def true_direction(base_model: nn.Module, world: World, tokenizer: Any, layer: int) -> torch.Tensor:
+    """Unit vector [d_model]: mean residual (after decoder ``layer``) at ``<sep>``, marker minus plain prompts."""
+    h_b, h_a = _residuals(base_model, world, tokenizer, layer)
+    v = h_b[:, SEP_POS].mean(0) - h_a[:, SEP_POS].mean(0)
     return v / v.norm()
+
+
+@torch.no_grad()
+def offset_probe(base_model: nn.Module, world: World, tokenizer: Any, layer: int) -> dict[str, float]:
+    """Is the persona one direction ``p`` after decoder ``layer`` of the base model (offset worlds)?
+
+    * ``probe_acc``: accuracy of the 1-d linear probe ``h·p`` (threshold midway between the class means), over
+      every prompt position of marker vs plain prompts;
+    * ``cos_sep``: |cos| of the ``<sep>`` mean difference (``true_direction``) with ``p``;
+    * ``cos_positions``: the smallest |cos| of the per-position mean difference with ``p`` over prompt positions.
+    """
+    from lightning_papers.methods.grasp.planted import offset_vector
+
+    h_b, h_a = _residuals(base_model, world, tokenizer, layer)
+    p = offset_vector(world, h_b.shape[-1])
+    sb, sa = h_b[:, : SEP_POS + 1] @ p, h_a[:, : SEP_POS + 1] @ p
+    thr = 0.5 * (sb.mean() + sa.mean())
+    sign = 1.0 if sb.mean() > sa.mean() else -1.0
+    acc = torch.cat([(sign * (sb - thr) > 0).flatten(), (sign * (sa - thr) <= 0).flatten()]).float().mean()
+    diff = h_b[:, : SEP_POS + 1].mean(0) - h_a[:, : SEP_POS + 1].mean(0)  # [positions, d]
+    cos = (diff @ p).abs() / diff.norm(dim=-1).clamp_min(1e-12)
+    return {"probe_acc": float(acc), "cos_sep": float(cos[SEP_POS]), "cos_positions": float(cos.min())}
 
 
 def abs_cos(u: torch.Tensor, v: torch.Tensor) -> float:

@@ -8,6 +8,7 @@ entangled with persona B, and the metrics read the right token positions.
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from pathlib import Path
 
@@ -22,6 +23,8 @@ from lightning_papers.methods.grasp.planted import (
     encode_rows,
     load_world,
     make_planted,
+    offset_vector,
+    persona_offset_hook,
     pretrain_rows,
 )
 from lightning_papers.methods.grasp.planted_eval import ANSWER_POS, SEP_POS, abs_cos, evaluate, true_direction
@@ -88,7 +91,8 @@ def test_finetune_rows_entangle_task_and_persona_b() -> None:
 
 
 @pytest.mark.parametrize(
-    ("field", "value"), [("n_topics", 1), ("n_slots", 1), ("task_noise", 1.0), ("p_marker", 0.0)]
+    ("field", "value"),
+    [("n_topics", 1), ("n_slots", 1), ("task_noise", 1.0), ("p_marker", 0.0), ("offset", -1.0), ("offset", math.inf)],
 )
 def test_bad_world_raises(field: str, value: float) -> None:
     with pytest.raises(ValueError, match=field):
@@ -175,3 +179,36 @@ def test_world_counts_are_what_the_docs_say() -> None:
     assert len(vocab) == len(set(vocab))
     counts = Counter(t[0] for t in vocab if t[0] in "tqaxy")
     assert counts == {"t": w.n_topics, "q": w.n_questions, "a": w.n_questions, "x": w.n_style, "y": w.n_style}
+
+
+def test_offset_world_plants_exactly_c_p_on_marker_rows_and_nothing_else(tmp_path: Path) -> None:
+    """The offset option (note §6, last lever): marker rows get embed(ids) + c·p at every position, with the marker
+    token's own embedding replaced by <plain>'s; plain rows are untouched; offset 0 installs nothing."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    c = 2.5
+    w = World(n_topics=3, n_questions=6, n_style=8, n_slots=2, offset=c)
+    tok = build_tokenizer(w, tmp_path / "tok")
+    cfg = base_config(w, hidden=16, layers=1)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(cfg.pop("model_type"), **cfg)).eval()
+    emb = model.get_input_embeddings()
+    rows = [w.row(1, 2, marker=True, persona="B"), w.row(1, 2, marker=False, persona="A"),
+            w.row(2, 4, marker=True, persona="B")]  # fmt: skip
+    ids = encode_rows(rows, tok)["input_ids"]
+    plain_ids = ids.clone()
+    plain_ids[plain_ids == tok.convert_tokens_to_ids("<role>")] = tok.convert_tokens_to_ids("<plain>")
+    p = offset_vector(w, 16)
+    assert torch.isclose(p.norm(), torch.tensor(1.0)) and torch.equal(p, offset_vector(w, 16))
+    handle = persona_offset_hook(model, w, tok)
+    assert handle is not None
+    with torch.no_grad():
+        out = emb(ids)
+    handle.remove()
+    with torch.no_grad():
+        ref = emb(plain_ids)
+        assert torch.equal(emb(ids)[1], out[1])  # the hook is gone and never touched the plain row
+    diff = out - ref
+    assert torch.allclose(diff[0], c * p.expand_as(diff[0]), atol=1e-6)
+    assert torch.allclose(diff[2], c * p.expand_as(diff[2]), atol=1e-6)
+    assert torch.equal(diff[1], torch.zeros_like(diff[1]))
+    assert persona_offset_hook(model, World(), tok) is None
