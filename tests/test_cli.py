@@ -11,7 +11,7 @@ import pytest
 import yaml
 from lightning.pytorch import LightningDataModule, LightningModule
 
-from lightning_papers.cli import cli_main, import_methods
+from lightning_papers.cli import cli_main, discover
 
 
 def _known_subclasses(base: type) -> set[str]:
@@ -24,7 +24,7 @@ def _known_subclasses(base: type) -> set[str]:
 
 
 def test_every_method_registers_a_model_and_a_datamodule() -> None:
-    names = import_methods()
+    names = discover()
     assert names, "no method packages under lightning_papers/methods"
     models, datas = _known_subclasses(LightningModule), _known_subclasses(LightningDataModule)
     for name in names:
@@ -39,7 +39,7 @@ def test_fit_help_lists_models() -> None:
         [sys.executable, "-m", "lightning_papers", "fit", "--help"], capture_output=True, text=True, check=True, env=env
     ).stdout
     assert "--model" in out and "--data" in out
-    for name in import_methods():
+    for name in discover():
         assert f"lightning_papers.methods.{name}" in out, f"{name} missing from `fit --help`"
 
 

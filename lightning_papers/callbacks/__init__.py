@@ -13,7 +13,6 @@ _LAZY = {
     "GradientProjection": "lightning_papers.callbacks.gradient_projection",
     "AdaptiveCalibration": "lightning_papers.callbacks.calibration",
     "FigureLogger": "lightning_papers.callbacks.figures",
-    "log_figure": "lightning_papers.callbacks.figures",
 }
 
 __all__ = list(_LAZY)

@@ -184,7 +184,7 @@ class AdaptiveCalibration(Callback):
         self.last_results[stage] = results
         pl_module.log_dict(results, sync_dist=False)
         if self.log_figures and trainer.is_global_zero:
-            from lightning_papers.callbacks.figures import log_figure
+            from lightning_papers.plotting import log_figure
 
             raw, cal, y = (np.concatenate(self._epoch[k]) for k in ("raw", "cal", "y"))
             fig = reliability_figure(cal, y, n_bins=self.n_bins, title=f"{stage}: adaptive recalibration",

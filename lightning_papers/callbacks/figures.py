@@ -1,73 +1,14 @@
-"""Log matplotlib figures: a PNG file under the run directory always, and a ``wandb.Image`` when W&B logs the run.
+"""``FigureLogger``: log a module's ``make_figures(stage)`` at the end of validation/test epochs.
 
-Methods call :func:`log_figure` directly, or implement ``make_figures(stage) -> dict[str, Figure]`` and let
-:class:`FigureLogger` call it at the end of validation/test epochs (rank zero only, sanity check skipped).
+The figure helpers themselves (:func:`lightning_papers.plotting.log_figure`, ``figure_dir``) live in the neutral
+:mod:`lightning_papers.plotting`, which methods import directly.
 """
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
-from typing import TYPE_CHECKING
-
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.utilities import rank_zero_only
 
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
-
-
-def _wandb_loggers(trainer: Trainer) -> list:
-    from lightning.pytorch.loggers import WandbLogger
-
-    return [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
-
-
-def figure_dir(trainer: Trainer) -> Path:
-    """Folder for this run's PNG figures.
-
-    ``<save_dir>/figures/<wandb run id>`` with a WandbLogger, ``<log_dir>/figures`` with another logger, and
-    ``<default_root_dir>/figures`` without one.
-    """
-    wandb_loggers = _wandb_loggers(trainer)
-    if wandb_loggers:
-        logger = wandb_loggers[0]
-        return Path(logger.save_dir or trainer.default_root_dir) / "figures" / str(logger.version)
-    if trainer.log_dir is not None:
-        return Path(trainer.log_dir) / "figures"
-    return Path(trainer.default_root_dir) / "figures"
-
-
-@rank_zero_only
-def log_figure(trainer: Trainer, key: str, figure: Figure, close: bool = True) -> Path:
-    """Save ``figure`` as ``<figure_dir>/<key>_step<global_step>.png`` and log it to every attached WandbLogger.
-
-    Args:
-        trainer: The running trainer (gives the run directory, the step and the loggers).
-        key: Name of the plot, e.g. ``"val/samples"``; used as the W&B key and, sanitised, as the file name.
-        figure: A matplotlib figure.
-        close: Close the figure afterwards to free its memory.
-
-    Returns:
-        The path of the PNG file.
-    """
-    import matplotlib.pyplot as plt
-
-    if not key:
-        raise ValueError("log_figure needs a non-empty key")
-    out = figure_dir(trainer)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', key)}_step{trainer.global_step:06d}.png"
-    figure.savefig(path, dpi=110, bbox_inches="tight")
-    loggers = _wandb_loggers(trainer)
-    if loggers:
-        import wandb
-
-        for logger in loggers:
-            logger.log_image(key=key, images=[wandb.Image(str(path))], step=trainer.global_step)
-    if close:
-        plt.close(figure)
-    return path
+from lightning_papers.plotting import log_figure
 
 
 class FigureLogger(Callback):

@@ -10,7 +10,8 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.demos.boring_classes import BoringDataModule, BoringModel
 from lightning.pytorch.loggers import CSVLogger
 
-from lightning_papers.callbacks.figures import FigureLogger, log_figure
+from lightning_papers.callbacks.figures import FigureLogger
+from lightning_papers.plotting import log_figure
 
 
 def test_log_figure_saves_png_in_log_dir(tmp_path: Path) -> None:

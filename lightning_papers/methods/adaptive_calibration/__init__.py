@@ -1,35 +1,7 @@
-"""Adaptive calibration (Liu, Luo, Ratliff 2026): calibrated online forecasters for non-stationary binary streams."""
+"""Adaptive calibration in non-stationary environments (Liu, Luo, Ratliff 2026): calibrated online forecasters.
 
-from lightning_papers.methods.adaptive_calibration.adaptive import AdaptiveCalibrator
-from lightning_papers.methods.adaptive_calibration.base import Forecaster
-from lightning_papers.methods.adaptive_calibration.baselines import (
-    OracleForecaster,
-    RoundedRunningMean,
-    RunningMean,
-    UniformGridCalibrator,
-)
-
-__all__ = [
-    "AdaptiveCalibrator",
-    "Forecaster",
-    "OracleForecaster",
-    "RoundedRunningMean",
-    "RunningMean",
-    "UniformGridCalibrator",
-]
-
-from lightning_papers.datamodules.streams import (  # noqa: E402  (register the stream datamodules with the CLI)
-    CSVStreamDataModule,
-    DeviationBudgetStreamDataModule,
-    IIDStreamDataModule,
-    PiecewiseStreamDataModule,
-)
-from lightning_papers.methods.adaptive_calibration.module import AdaptiveCalibrationModule  # noqa: E402
-
-__all__ += [
-    "AdaptiveCalibrationModule",
-    "CSVStreamDataModule",
-    "DeviationBudgetStreamDataModule",
-    "IIDStreamDataModule",
-    "PiecewiseStreamDataModule",
-]
+Files: ``adaptive.py`` (the adaptive forecaster: calibration epochs, change test, doubling), ``swap_regret.py``
+(BM-FTL on a non-uniform grid), ``baselines.py``, ``base.py`` (the forecaster interface), ``module.py`` (the
+LightningModule that plays a stream). See ``docs/adaptive_calibration.md``. Import from the sub-modules; this file
+imports nothing, so ``from lightning_papers.callbacks import AdaptiveCalibration`` stays light.
+"""

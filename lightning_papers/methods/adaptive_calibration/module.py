@@ -168,7 +168,7 @@ class AdaptiveCalibrationModule(LightningModule):
             results["train/l1_exact_per_T"] = l1_calibration_error(p, y) / y.size
         self.log_dict(results)
         if self.trainer is not None and not self.trainer.sanity_checking:
-            from lightning_papers.callbacks.figures import log_figure
+            from lightning_papers.plotting import log_figure
 
             for key, fig in self.make_figures("train").items():
                 log_figure(self.trainer, key, fig)

@@ -1,10 +1,8 @@
 """GRASP: unsupervised identification and removal of spurious factors in LoRA fine-tuning.
 
-Importing this package registers the LoRA fine-tuning module and the JSONL datamodule with the CLI; the heavy
-dependencies (transformers, peft) are imported only when a model is built.
+Files: ``subspace.py`` (the identified subspace and its file format), ``identify.py`` (identification from
+LoRA updates), ``steering.py`` and ``controls.py`` (baselines and controls), ``module.py`` (the LoRA causal-LM
+LightningModule). The planted-persona benchmark world is :mod:`lightning_papers.methods.grasp.planted`. The
+drop-in callback is :class:`lightning_papers.callbacks.GradientProjection`. See ``docs/grasp.md``. This file
+imports nothing, so importing the callback loads no LightningModule.
 """
-
-from lightning_papers.datamodules.jsonl_text import JsonlTextDataModule
-from lightning_papers.methods.grasp.module import LoRACausalLM
-
-__all__ = ["JsonlTextDataModule", "LoRACausalLM"]

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from lightning_papers.methods.adaptive_calibration import (
-    AdaptiveCalibrator,
+from lightning_papers.methods.adaptive_calibration.adaptive import AdaptiveCalibrator
+from lightning_papers.methods.adaptive_calibration.baselines import (
     OracleForecaster,
     RoundedRunningMean,
     RunningMean,

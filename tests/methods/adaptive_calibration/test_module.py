@@ -10,7 +10,7 @@ from lightning.pytorch import Trainer
 
 from lightning_papers.cli import cli_main
 from lightning_papers.datamodules.streams import CSVStreamDataModule, PiecewiseStreamDataModule
-from lightning_papers.methods.adaptive_calibration import AdaptiveCalibrationModule
+from lightning_papers.methods.adaptive_calibration.module import AdaptiveCalibrationModule
 from lightning_papers.metrics.calibration import l1_calibration_error
 
 ROOT = Path(__file__).resolve().parents[3]

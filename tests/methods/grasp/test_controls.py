@@ -72,7 +72,7 @@ def test_load_lora_module_accepts_cli_checkpoints_and_drops_the_intervention(tmp
             if "lora_B" in name:
                 p.normal_()  # a trained-looking adapter (peft starts B = 0)
     # LightningCLI stores its own keys next to the constructor's arguments
-    hp = {**dict(m.hparams), "_class_path": "lightning_papers.methods.grasp.LoRACausalLM", "_instantiator": "x"}
+    hp = {**dict(m.hparams), "_class_path": "lightning_papers.methods.grasp.module.LoRACausalLM", "_instantiator": "x"}
     torch.save({"hyper_parameters": hp, "state_dict": m.state_dict()}, tmp_path / "naive.ckpt")
     loaded = load_lora_module(tmp_path / "naive.ckpt")
     assert loaded.hparams.intervention == "none" and not loaded.training

@@ -14,7 +14,8 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 
 from lightning_papers.cli import cli_main
 from lightning_papers.datamodules.point_clouds import GaussianPairDataModule, PointCloudPairDataModule
-from lightning_papers.methods.qdsb import QuantizedCoupling, SF2MModule
+from lightning_papers.methods.qdsb.coupling import QuantizedCoupling
+from lightning_papers.methods.qdsb.module import SF2MModule
 from lightning_papers.metrics.distributions import gaussian_kl
 from tests.helpers.ddp import ddp_cpu_kwargs
 
