@@ -18,8 +18,12 @@ from typing import Any
 
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import ArgsType, LightningCLI, SaveConfigCallback
+from typing_extensions import override
 
 from lightning_papers.plotting import wandb_loggers
+
+#: Checkpoint key under which the W&B run id is saved, so a resumed fit continues the same run.
+WANDB_RUN_ID_KEY = "wandb_run_id"
 
 #: Packages whose modules :func:`discover` imports.
 DISCOVERED_PACKAGES = ("lightning_papers.methods", "lightning_papers.datamodules", "lightning_papers.callbacks")
@@ -81,6 +85,78 @@ class WandbSaveConfigCallback(SaveConfigCallback):
             Path(trainer.log_dir).mkdir(parents=True, exist_ok=True)
             (Path(trainer.log_dir) / self.config_filename).write_text(text)
 
+    @override
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        """Record the W&B run id, so ``--ckpt_path`` resumes the same run (:class:`LightningPapersCLI`)."""
+        loggers = wandb_loggers(trainer.loggers)
+        if loggers:
+            checkpoint[WANDB_RUN_ID_KEY] = str(loggers[0].version)
+
+
+def _wandb_run_id(ckpt_path: str | Path) -> str | None:
+    """The W&B run id a checkpoint was written under (see :meth:`WandbSaveConfigCallback.on_save_checkpoint`)."""
+    import torch
+
+    path = Path(ckpt_path)
+    if not path.is_file():
+        return None
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    return checkpoint.get(WANDB_RUN_ID_KEY)
+
+
+def _run_name(config: Any) -> str | None:
+    """``<method>/<config name>-seed<seed>`` from the first ``--config`` file, e.g. ``qdsb/debug-seed0``."""
+    paths = [p for p in (config.get("config") or []) if p is not None]
+    if not paths:
+        return None
+    path = Path(str(paths[0].absolute if hasattr(paths[0], "absolute") else paths[0]))
+    seed = config.get("seed_everything")
+    name = f"{path.parent.name}/{path.stem}"
+    return name if seed is None or isinstance(seed, bool) else f"{name}-seed{seed}"
+
+
+class LightningPapersCLI(LightningCLI):
+    """LightningCLI with the package's habits.
+
+    - ``--gradient_projection`` adds a :class:`~lightning_papers.callbacks.GradientProjection` from the command line
+      or a config's top-level ``gradient_projection:`` key, so ``--gradient_projection.subspace PATH`` sets the GRASP
+      subspace file without touching the callback list.
+    - A W&B run gets a name from the config (``<method>/<config>-seed<seed>``) unless the config names it, and a
+      fit resumed with ``--ckpt_path`` continues the W&B run (and so the figures folder) the checkpoint was written
+      under, instead of opening a new one.
+    """
+
+    @override
+    def add_arguments_to_parser(self, parser: Any) -> None:
+        from lightning_papers.callbacks.gradient_projection import GradientProjection
+
+        parser.add_lightning_class_args(GradientProjection, "gradient_projection", subclass_mode=True, required=False)
+
+    @override
+    def before_instantiate_classes(self) -> None:
+        config = self.config.get(self.subcommand) if self.subcommand else self.config
+        loggers = config.trainer.get("logger")
+        for logger in loggers if isinstance(loggers, list) else [loggers]:
+            if not hasattr(logger, "class_path") or not logger.class_path.endswith("WandbLogger"):
+                continue
+            init_args = logger.init_args
+            if init_args.get("name") is None:
+                init_args.name = _run_name(config)
+            ckpt_path = config.get("ckpt_path")
+            run_id = _wandb_run_id(ckpt_path) if ckpt_path else None
+            if run_id is not None and init_args.get("id") is None and init_args.get("version") is None:
+                init_args.id = run_id
+                init_args.resume = "allow"
+
+    @override
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Trainer:
+        trainer = super()._instantiate_trainer(config, [c for c in callbacks if c is not None])
+        for logger in wandb_loggers(trainer.loggers):
+            # Lightning always passes anonymous=None, and wandb warns on every run that the setting has no effect.
+            if logger._wandb_init.get("anonymous") is None:
+                logger._wandb_init.pop("anonymous", None)
+        return trainer
+
 
 def cli_main(args: ArgsType = None, run: bool = True) -> LightningCLI:
     """Build (and by default run) the CLI.
@@ -90,7 +166,7 @@ def cli_main(args: ArgsType = None, run: bool = True) -> LightningCLI:
         run: ``False`` only parses and instantiates (model, datamodule, trainer), as the config tests do.
     """
     discover()
-    return LightningCLI(
+    return LightningPapersCLI(
         LightningModule,
         LightningDataModule,
         subclass_mode_model=True,
