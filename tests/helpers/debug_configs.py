@@ -1,0 +1,50 @@
+"""Every method's debug config, shrunk so a fit takes seconds: shared by the resume and the DDP tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from lightning_papers.cli import cli_main
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+#: config -> (overrides that shrink it: "model.x" means --model.init_args.x, "trainer.x" --trainer.x; step to stop
+#: at; total steps).
+CASES: dict[str, tuple[dict[str, object], int, int]] = {
+    "adaptive_calibration/debug.yaml": ({"data.length": 6000, "data.batch_size": 500}, 5, 12),
+    "qdsb/debug.yaml": ({
+        "data.n_train": 2048, "data.steps_per_epoch": 8, "model.n_anchors": 32, "model.refresh_every": 2,
+        "model.n_eval": 64, "model.n_sample_steps": 5, "model.batch_size": 64,
+        "trainer.check_val_every_n_epoch": 1, "trainer.max_epochs": 3,
+    }, 13, 24),
+    "pairs/gaussian_debug.yaml": ({
+        "data.batches_per_epoch": 5, "data.stage2_batches_per_epoch": 5, "data.stage2_num_sets": 200,
+        "data.val_num_sets": 20, "data.batch_size": 64, "model.stage1_epochs": 2, "model.grid_points": 200,
+        "trainer.max_epochs": 4, "trainer.check_val_every_n_epoch": 1,
+    }, 17, 20),
+}
+
+
+def flags(overrides: dict[str, object]) -> list[str]:
+    out = []
+    for key, value in overrides.items():
+        group, name = key.split(".", 1)
+        out += [f"--{group}.{name}" if group == "trainer" else f"--{group}.init_args.{name}", str(value)]
+    return out
+
+
+def build(config: str, root: Path, overrides: dict[str, object], max_steps: int) -> Any:
+    """The CLI for ``config`` with ``overrides`` and ``max_steps``: no logger, no callbacks, no checkpoints."""
+    args = ["--config", str(CONFIGS / config), *flags(overrides), "--trainer.logger", "false",
+            "--trainer.callbacks", "[]", "--trainer.enable_checkpointing", "false",
+            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+            "--trainer.default_root_dir", str(root), "--trainer.max_steps", str(max_steps)]
+    return cli_main(args, run=False)
+
+
+def fit(config: str, root: Path, overrides: dict[str, object], max_steps: int, ckpt_path: Path | None = None) -> Any:
+    """Fit :func:`build`'s CLI (resuming from ``ckpt_path`` if given) and return it."""
+    cli = build(config, root, overrides, max_steps)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=ckpt_path)
+    return cli
