@@ -1,4 +1,4 @@
-"""Adaptive calibration benchmark: the paper's three environments (shared/research/online.md §A5) in one run.
+"""Adaptive calibration benchmark: the paper's three environments (i.i.d., K segments, deviation budget C) in one run.
 
 E1  Cal1 vs T on i.i.d. streams -> log-log slope per method (targets: adaptive <= 0.6, uniform ~0.67, raw mean 1)
 E2  Cal1 vs K segments at fixed T  (target: adaptive beats the rounded running mean >= 3x at K >= 2)
@@ -9,8 +9,10 @@ Throughput: rounds per second of each forecaster on one core (target >= 1e5 for 
     .venv/bin/python benchmarks/adaptive_calibration.py --quick    # smaller grid, about 20 s
     .venv/bin/python benchmarks/adaptive_calibration.py --seed-offset 100 --no-write   # same grid, held-out seeds
 
-E2 also plays the ablation "adaptive, epoch test only" (``detect_window=0``: the notes' change test without the
-recent-window test) to show what the window test buys.
+E2 also plays the ablation "adaptive, epoch test only" (``detect_window=0``: the epoch-mean change test without the
+recent-window test) to show what the window test buys. Every forecaster is built by ``build_forecaster``, the same
+function the LightningModule (``lightning-papers fit --config configs/adaptive_calibration/*.yaml``) uses, and plays
+the stream through ``Forecaster.run``, the call its ``training_step`` makes on each batch.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ import numpy as np
 import torch
 
 from lightning_papers.datamodules.streams import budget_means, deviation_budget, iid_means, piecewise_means
-from lightning_papers.methods.adaptive_calibration.module import make_forecaster
+from lightning_papers.methods.adaptive_calibration.config import CalibrationEpochsConfig
+from lightning_papers.methods.adaptive_calibration.forecasters import build_forecaster
 from lightning_papers.metrics.calibration import grouped_sums, kl_from_sums, l1_from_sums, l2_from_sums
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,10 +41,10 @@ SEED_OFFSET = 0  # added to every stream / forecaster seed (``--seed-offset``: c
 
 
 def play(method: str, y: np.ndarray, mu: np.ndarray, seed: int, measure: str = "l1") -> dict[str, float]:
-    if method == "adaptive_epoch_test":  # ablation: the notes' epoch-mean change test alone
-        f = make_forecaster("adaptive", horizon=y.size, measure=measure, seed=seed, detect_window=0)
+    if method == "adaptive_epoch_test":  # ablation: the epoch-mean change test alone
+        f = build_forecaster("adaptive", CalibrationEpochsConfig(measure=measure, detect_window=0), y.size, seed)
     else:
-        f = make_forecaster(method, horizon=y.size, measure=measure, seed=seed)
+        f = build_forecaster(method, CalibrationEpochsConfig(measure=measure), horizon=y.size, seed=seed)
     t0 = time.perf_counter()
     p = f.run(y, mu)
     dt = time.perf_counter() - t0
@@ -205,7 +208,8 @@ def main() -> None:
     res = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "hardware": f"2-core CPU, shared ({platform.processor() or platform.machine()}), 1 thread",
-        "command": "python benchmarks/adaptive_calibration.py" + (" --quick" if args.quick else "")
+        "command": "python benchmarks/adaptive_calibration.py"
+        + (" --quick" if args.quick else "")
         + (f" --seed-offset {args.seed_offset}" if args.seed_offset else ""),
         "seed_offset": args.seed_offset,
         "e1": e1(cfg["h"], cfg["s1"]),

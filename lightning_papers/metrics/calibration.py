@@ -1,8 +1,9 @@
 """Exact online calibration errors of a binary forecaster (ℓ1, ℓ2, KL and pseudo-KL) and their torchmetrics form.
 
-Definitions follow "Adaptive Calibration in Non-Stationary Environments" (Liu, Luo, Ratliff, 2026; see
-``shared/research/online.md`` §A2). Over T rounds with forecasts p_t and outcomes y_t ∈ {0, 1}, group the rounds by
-the *distinct* predicted value p: n_p = #{t: p_t = p}, S_p = Σ_{t: p_t = p} (y_t − p), ρ_p = p + S_p / n_p. Then
+Definitions follow "Adaptive Calibration in Non-Stationary Environments" (Liu, Luo, Ratliff, 2026, arXiv 2605.11490;
+written out in ``docs/adaptive_calibration.md``). Over T rounds with forecasts p_t and outcomes y_t ∈ {0, 1}, group
+the rounds by the *distinct* predicted value p: n_p = #{t: p_t = p}, S_p = Σ_{t: p_t = p} (y_t − p), ρ_p = p + S_p/n_p.
+Then
 
 * ``Cal1 = Σ_p |S_p|``
 * ``Cal2 = Σ_p S_p² / n_p = Σ_p n_p (ρ_p − p)²``
@@ -33,11 +34,11 @@ ArrayLike = np.ndarray | torch.Tensor | list | tuple
 _EPS = 1e-12
 
 
-def _as_numpy(x: ArrayLike, name: str) -> np.ndarray:
+def as_numpy(x: ArrayLike) -> np.ndarray:
+    """A flat float64 NumPy copy-or-view of a tensor (any device), array, list or tuple."""
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu().double().numpy()
-    arr = np.asarray(x, dtype=np.float64).reshape(-1)
-    return arr
+    return np.asarray(x, dtype=np.float64).reshape(-1)
 
 
 def check_probabilities(p: np.ndarray, name: str = "p") -> None:
@@ -58,7 +59,7 @@ def check_labels(y: np.ndarray, name: str = "y") -> None:
 
 
 def _checked(p: ArrayLike, y: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
-    p_arr, y_arr = _as_numpy(p, "p"), _as_numpy(y, "y")
+    p_arr, y_arr = as_numpy(p), as_numpy(y)
     if p_arr.shape != y_arr.shape:
         raise ValueError(f"p and y must have the same length, got {p_arr.size} and {y_arr.size}")
     check_probabilities(p_arr, "p")
@@ -128,8 +129,8 @@ def pseudo_kl_calibration_error(dists: ArrayLike, grid: ArrayLike, y: ArrayLike)
         y: ``(T,)`` binary outcomes.
     """
     d = dists.detach().cpu().double().numpy() if isinstance(dists, torch.Tensor) else np.asarray(dists, np.float64)
-    g = _as_numpy(grid, "grid")
-    y_arr = _as_numpy(y, "y")
+    g = as_numpy(grid)
+    y_arr = as_numpy(y)
     if d.ndim != 2 or d.shape != (y_arr.size, g.size):
         raise ValueError(f"dists must have shape (len(y), len(grid)) = ({y_arr.size}, {g.size}), got {d.shape}")
     check_probabilities(g, "grid")
@@ -146,7 +147,7 @@ class OnlineCalibrationError(Metric):
     ``compute()`` returns the *sum* over rounds (Cal1, Cal2 or KLCal) or, with ``per_round=True``, that sum / T.
 
     Args:
-        norm: ``"l1"``, ``"l2"`` or ``"kl"`` (definitions in ``shared/research/online.md`` §A2).
+        norm: ``"l1"``, ``"l2"`` or ``"kl"`` (definitions in the module docstring).
         resolution: Number of lattice intervals; predictions ``k / resolution`` are treated exactly.
         per_round: Divide by the number of rounds T.
     """
@@ -201,35 +202,75 @@ class OnlineCalibrationError(Metric):
         return torch.tensor(total, dtype=torch.float64)
 
 
-def reliability_figure(p: ArrayLike, y: ArrayLike, n_bins: int = 15, title: str = "", extra: dict | None = None):
-    """Reliability diagram (binned frequency vs mean prediction) for one or more forecasts; returns a Figure.
+def binned_ece_noise(p: ArrayLike, n_bins: int = 15) -> float:
+    """Typical binned ECE of a *perfectly calibrated* forecast with these values: Σ_b √(n_b·p̄_b(1 − p̄_b)) / T.
+
+    In bin b (equal width, as torchmetrics' ECE), n_b forecasts with mean p̄_b have an observed frequency whose
+    standard deviation is √(p̄_b(1 − p̄_b) / n_b) even when calibrated; weighted by n_b / T this is the ECE's
+    sampling noise. Used to tell "recalibration made it worse" from noise.
+    """
+    q = as_numpy(p)
+    if q.size == 0:
+        return 0.0
+    b = np.clip((q * n_bins).astype(np.int64), 0, n_bins - 1)
+    cnt = np.bincount(b, minlength=n_bins).astype(np.float64)
+    m = cnt > 0
+    mean = np.bincount(b, weights=q, minlength=n_bins)[m] / cnt[m]
+    return float(np.sqrt(cnt[m] * mean * (1.0 - mean)).sum() / q.size)
+
+
+def reliability_figure(
+    p: ArrayLike,
+    y: ArrayLike,
+    n_bins: int = 15,
+    title: str = "",
+    extra: dict[str, ArrayLike] | None = None,
+    label: str = "forecast",
+):
+    """Reliability diagram with the per-bin counts underneath; returns a matplotlib Figure.
+
+    Top: observed frequency of ``y = 1`` against the mean forecast in each of ``n_bins`` uniform bins, one line per
+    forecast, and the diagonal of perfect calibration. Bottom: how many rounds fell in each bin (a histogram per
+    forecast, same colours), so a point resting on a handful of rounds is visible as such. Every line is labelled.
 
     Args:
-        p: Forecasts; ``extra`` maps more labels to forecasts on the same outcomes.
+        p: Forecasts, drawn under ``label``.
         y: Binary outcomes.
         n_bins: Uniform bins on [0, 1].
         title: Figure title.
-        extra: ``{label: forecasts}`` drawn on the same axes.
+        extra: ``{label: forecasts}`` drawn on the same axes (for example the raw scores next to calibrated ones).
+        label: Legend label of ``p``.
     """
     import matplotlib.pyplot as plt
 
-    series = {"forecast": p, **(extra or {})}
-    y_arr = _as_numpy(y, "y")
-    fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    ax.plot([0, 1], [0, 1], "k:", lw=1, label="perfect")
+    series = {label: p, **(extra or {})}
+    y_arr = as_numpy(y)
+    fig, (ax, axh) = plt.subplots(
+        2, 1, figsize=(4.8, 6.0), sharex=True, gridspec_kw={"height_ratios": [3, 1.2], "hspace": 0.08}
+    )
+    ax.plot([0, 1], [0, 1], "k:", lw=1, label="perfectly calibrated")
     edges = np.linspace(0, 1, n_bins + 1)
-    for label, q in series.items():
-        q_arr = _as_numpy(q, label)
+    most = 1
+    for name, q in series.items():
+        q_arr = as_numpy(q)
+        if q_arr.shape != y_arr.shape:
+            raise ValueError(f"forecasts {name!r} must have one value per outcome, got {q_arr.size} for {y_arr.size}")
         b = np.clip(np.digitize(q_arr, edges) - 1, 0, n_bins - 1)
         cnt = np.bincount(b, minlength=n_bins)
         m = cnt > 0
         conf = np.bincount(b, weights=q_arr, minlength=n_bins)[m] / cnt[m]
         freq = np.bincount(b, weights=y_arr, minlength=n_bins)[m] / cnt[m]
-        ax.plot(conf, freq, "o-", ms=3, label=label)
-    ax.set_xlabel("mean forecast in bin")
-    ax.set_ylabel("observed frequency")
+        (line,) = ax.plot(conf, freq, "o-", ms=3, label=name)
+        axh.stairs(cnt, edges, color=line.get_color(), lw=1.2, label=name)
+        most = max(most, int(cnt.max()))
+    ax.set_ylabel("observed frequency of y = 1")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.set_title(title)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left")
+    axh.set_xlabel(f"forecast (bins of width 1/{n_bins})")
+    axh.set_ylabel("rounds per bin")
+    axh.set_yscale("symlog", linthresh=1)
+    axh.set_ylim(0, most * 40)  # head room for the legend on the log scale
+    axh.legend(fontsize=7, loc="upper center", ncol=len(series))
     return fig

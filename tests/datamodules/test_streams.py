@@ -86,3 +86,38 @@ def test_csv_stream_roundtrip_and_validation(tmp_path: Path) -> None:
 def test_batches_are_float_tensors() -> None:
     y, ref = next(iter(IIDStreamDataModule(length=10, batch_size=4).train_dataloader()))
     assert y.dtype == torch.float64 and ref.dtype == torch.float64 and y.shape == (4,)
+
+
+def test_stream_batches_resume_from_saved_position() -> None:
+    """A loader whose state was saved after 3 of 5 batches, loaded into a fresh loader, serves batches 4-5 and then
+    starts the next pass at round 0; a different stream or batch size is refused."""
+    dm = PiecewiseStreamDataModule(length=1000, segments=2, batch_size=200, seed=3)
+    loader = dm.train_dataloader()
+    assert len(loader) == 5
+    it = iter(loader)
+    first = [next(it) for _ in range(3)]
+    state = loader.state_dict()
+    assert state == {"position": 600, "length": 1000, "batch_size": 200}
+    fresh = dm.train_dataloader()
+    fresh.load_state_dict(state)
+    rest = list(fresh)
+    np.testing.assert_array_equal(torch.cat([b[0] for b in first + rest]).numpy(), dm.y)
+    assert fresh.state_dict()["position"] == 1000
+    np.testing.assert_array_equal(torch.cat([b[0] for b in fresh]).numpy(), dm.y)  # next pass: whole stream
+    with pytest.raises(ValueError, match="batch_size 200"):
+        PiecewiseStreamDataModule(length=1000, segments=2, batch_size=100, seed=3).train_dataloader().load_state_dict(
+            state
+        )
+
+
+def test_subclasses_share_the_base_constructor_arguments() -> None:
+    """length / batch_size / seed are declared once (BernoulliStreamDataModule) and reach every generator."""
+    for cls, extra in ((IIDStreamDataModule, {"mean": 0.4}), (PiecewiseStreamDataModule, {"segments": 3}),
+                       (DeviationBudgetStreamDataModule, {"budget": 3.0})):  # fmt: skip
+        dm = cls(length=300, batch_size=70, seed=5, **extra)
+        assert (dm.length, dm.batch_size, dm.seed) == (300, 70, 5)
+        assert len(dm.train_dataloader()) == 5
+    with pytest.raises(ValueError, match="length must be a positive integer, got 0"):
+        IIDStreamDataModule(length=0)
+    with pytest.raises(ValueError, match="batch_size must be a positive integer, got 0"):
+        CSVStreamDataModule("x.csv", batch_size=0)

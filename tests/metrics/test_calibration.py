@@ -15,11 +15,12 @@ from lightning_papers.metrics.calibration import (
     l1_calibration_error,
     l2_calibration_error,
     pseudo_kl_calibration_error,
+    reliability_figure,
 )
 
 
 def reference(p: list[float], y: list[float]) -> tuple[float, float, float]:
-    """Direct transcription of the definitions (notes §A2): loop over distinct values with a dict."""
+    """Direct transcription of the definitions (metrics/calibration.py docstring): loop over distinct values."""
     groups: dict[float, list[float]] = {}
     for pt, yt in zip(p, y):
         groups.setdefault(pt, []).append(yt)
@@ -124,3 +125,29 @@ def test_bad_arguments_raise() -> None:
         OnlineCalibrationError("l3")
     with pytest.raises(ValueError, match="same length"):
         l1_calibration_error([0.1], [1, 0])
+
+
+def test_reliability_figure_labels_every_line_and_counts_every_round() -> None:
+    """Top panel: one labelled line per forecast plus the diagonal; bottom panel: per-bin counts that add up to the
+    number of rounds for each forecast (the histogram under the curve), in 1/n_bins bins."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import StepPatch
+
+    rng = np.random.default_rng(0)
+    raw = rng.random(500)
+    y = (rng.random(500) < raw**2).astype(float)
+    fig = reliability_figure(raw**2, y, n_bins=10, label="calibrated", extra={"raw": raw})
+    top, bottom = fig.axes
+    assert [t.get_text() for t in top.get_legend().get_texts()] == ["perfectly calibrated", "calibrated", "raw"]
+    assert [line.get_label() for line in top.get_lines()] == ["perfectly calibrated", "calibrated", "raw"]
+    hists = [p for p in bottom.patches if isinstance(p, StepPatch)]
+    assert [h.get_label() for h in hists] == ["calibrated", "raw"]
+    for h, q in zip(hists, (raw**2, raw)):
+        counts, edges = h.get_data()[:2]
+        np.testing.assert_allclose(edges, np.linspace(0, 1, 11))
+        np.testing.assert_array_equal(counts, np.histogram(q, bins=edges)[0])
+        assert counts.sum() == 500
+    assert bottom.get_ylabel() == "rounds per bin"
+    plt.close(fig)
+    with pytest.raises(ValueError, match="one value per outcome"):
+        reliability_figure(raw[:10], y)

@@ -1,7 +1,8 @@
-"""``AdaptiveCalibrator``: epochs, a grid fine near the estimated mean, change detection and a doubling guess for C.
+"""``CalibrationEpochsForecaster``: epochs, a grid fine near the estimated mean, change detection, doubling for C.
 
-Reconstruction of Liu, Luo, Ratliff (2026), "Adaptive Calibration in Non-Stationary Environments"; only the abstract
-is public, so the outer loop follows ``shared/research/online.md`` §A4 [design]:
+Liu, Luo, Ratliff (2026), "Adaptive Calibration in Non-Stationary Environments" (arXiv 2605.11490). Only the abstract
+is public, so the outer loop is a reconstruction; ``docs/adaptive_calibration.md`` ("What the paper claims")
+writes it out in full and marks what was added here [design]:
 
 * **Epochs** of doubling length L_m = L_0·2^m (abstract: "epoch-based scheduling").
 * **Anchor** μ̂ = mean outcome of the previous epoch; confidence radius r = c·√(log T / L_{m−1}).
@@ -18,16 +19,19 @@ is public, so the outer loop follows ``shared/research/online.md`` §A4 [design]
 * **Variants**: ``"restart"`` (faithful to the analysis) starts a fresh inner forecaster every epoch; ``"refine"``
   (practical) keeps old grid points and their learners and adds the new fine points around the anchor; only a
   detected change resets it.
+
+The hyper-parameters live in :class:`~lightning_papers.methods.adaptive_calibration.config.CalibrationEpochsConfig`.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from lightning_papers.methods.adaptive_calibration.base import Forecaster, UniformStream
+from lightning_papers.methods.adaptive_calibration.config import WINDOW_BLOCK, CalibrationEpochsConfig
 from lightning_papers.methods.adaptive_calibration.swap_regret import (
     SwapRegretCore,
     build_grid,
@@ -41,61 +45,32 @@ _SCALARS = (
     "t", "m", "L", "n", "s", "anchor", "prev_len", "lg", "anchor_width", "ck_next", "ck_prev", "ck_cur",
     "bn", "bs", "c_hat", "c_obs", "changes", "wn", "ws", "wsums",
 )  # fmt: skip
-WINDOW_BLOCK = 16  # the change test's smallest window (notes §A4: test after n >= 16 rounds)
 
 
-class AdaptiveCalibrator(Forecaster):
+class CalibrationEpochsForecaster(Forecaster):
     """Adaptive calibrated forecaster for non-stationary binary streams (``predict`` / ``update`` / ``run``).
 
     Args:
-        variant: ``"refine"`` (keep and refine the grid across epochs; better constants) or ``"restart"`` (fresh
-            inner forecaster each epoch, as in the analysis).
-        measure: Which rate the grid is tuned for: ``"l1"`` (γ = min{1, (L/Ĉ²)^{1/3}}) or ``"l2"``
-            (γ = min{1, Ĉ^{-1/3}}).
-        first_epoch: L_0, the length of the first epoch (16–32 per the notes §A4).
-        radius_scale: c in the fine-zone radius c·√(log T / L_{m−1}); smaller means fewer bins (notes: 0.5–1).
-        detect_scale: κ of the change test; ``0`` switches change detection off.
-        detect_window: Longest recent window of the windowed change test (rounded down to 16·2^j); ``0`` keeps
-            only the notes' epoch-mean test.
-        budget_block: B, block length of the deviation estimate for the doubling guess of C; ``0`` switches it off.
-        lazy: Recompute the inner forecaster's distribution after ``max(1, ⌊lazy·n⌋)`` rounds (0: every round).
-        horizon: T for the log T factors if known; ``None`` uses the anytime value log(max(16, t + L_m)).
+        config: The hyper-parameters (:class:`CalibrationEpochsConfig`; ``None`` takes its defaults).
         seed: Seed of the forecaster's own randomness (sampling from its distribution).
+
+    Example::
+
+        f = CalibrationEpochsForecaster(CalibrationEpochsConfig(measure="l2"), seed=0)
+        p = f.run(y)  # y: 0/1 outcomes in time order; p: the forecasts made before each outcome
     """
 
-    def __init__(
-        self,
-        variant: Literal["refine", "restart"] = "refine",
-        measure: Literal["l1", "l2"] = "l1",
-        first_epoch: int = 32,
-        radius_scale: float = 0.5,
-        detect_scale: float = 0.6,
-        detect_window: int = 1024,
-        budget_block: int = 256,
-        lazy: float = 0.0625,
-        horizon: int | None = None,
-        seed: int = 0,
-    ) -> None:
-        if variant not in ("refine", "restart"):
-            raise ValueError(f"variant must be 'refine' or 'restart', got {variant!r}")
-        if measure not in ("l1", "l2"):
-            raise ValueError(f"measure must be 'l1' or 'l2', got {measure!r}")
-        if first_epoch < 2:
-            raise ValueError(f"first_epoch must be an integer >= 2, got {first_epoch}")
-        if radius_scale <= 0 or detect_scale < 0 or budget_block < 0 or not 0 <= lazy < 1:
-            raise ValueError(
-                "expected radius_scale > 0, detect_scale >= 0, budget_block >= 0 and 0 <= lazy < 1, got "
-                f"{radius_scale}, {detect_scale}, {budget_block}, {lazy}"
-            )
-        if detect_window != 0 and detect_window < WINDOW_BLOCK:
-            raise ValueError(f"detect_window must be 0 or >= {WINDOW_BLOCK}, got {detect_window}")
-        if horizon is not None and horizon < 1:
-            raise ValueError(f"horizon must be a positive integer or None, got {horizon}")
-        self.variant, self.measure, self.first_epoch = variant, measure, first_epoch
-        self.radius_scale, self.detect_scale, self.budget_block = radius_scale, detect_scale, budget_block
-        self.lazy, self.horizon, self.seed = lazy, horizon, seed
-        self.detect_window = detect_window
-        self.max_blocks = 2 ** int(math.log2(detect_window // WINDOW_BLOCK)) if detect_window else 0
+    def __init__(self, config: CalibrationEpochsConfig | None = None, seed: int = 0) -> None:
+        config = CalibrationEpochsConfig() if config is None else config
+        if not isinstance(config, CalibrationEpochsConfig):
+            raise TypeError(f"config must be a CalibrationEpochsConfig, got {type(config).__name__}")
+        self.config, self.seed = config, seed
+        # read on every round: plain attributes are faster than going through the frozen dataclass
+        self.variant, self.measure, self.first_epoch = config.variant, config.measure, config.first_epoch
+        self.radius_scale, self.detect_scale = config.radius_scale, config.detect_scale
+        self.budget_block, self.lazy, self.horizon = config.budget_block, config.lazy, config.horizon
+        self.detect_window = config.detect_window
+        self.max_blocks = 2 ** int(math.log2(self.detect_window // WINDOW_BLOCK)) if self.detect_window else 0
         self.wn, self.ws, self.wsums = 0, 0.0, []
         self.rng = UniformStream(seed)
         self.pseudo: dict[float, list[float]] = {}
@@ -109,7 +84,7 @@ class AdaptiveCalibrator(Forecaster):
     def expected_forecast(self) -> float:
         return self.core.mean
 
-    def _update(self, y: float) -> None:
+    def observe(self, y: float) -> None:
         self.t += 1
         self.n += 1
         self.s += y
@@ -137,7 +112,7 @@ class AdaptiveCalibrator(Forecaster):
 
     # ----------------------------------------------------------------- outer loop
     def gamma(self) -> float:
-        """Growth rate of the coarse bins for the current guess Ĉ (notes §A4, "Tuning")."""
+        """Growth rate of the coarse bins for the current guess Ĉ (the tuning in the module docstring)."""
         if self.measure == "l1":
             return min(1.0, (self.L / self.c_hat**2) ** (1.0 / 3.0))
         return min(1.0, self.c_hat ** (-1.0 / 3.0))
@@ -174,12 +149,12 @@ class AdaptiveCalibrator(Forecaster):
         self._new_epoch(anchor=anchor, prev_len=window, epoch=0, full=True)
 
     def _window_check(self) -> bool:
-        """Windowed change test [design]: the epoch-mean test of the notes dilutes a change that happens n rounds
+        """Windowed change test [design]: the epoch-mean test dilutes a change that happens n rounds
         into an epoch, so its delay grows like n. Here, every 16 rounds, the means of the most recent w = 16·2^j
         rounds (up to ``detect_window``) are compared with the anchor. The threshold is Hoeffding's with a union
         bound over the J window lengths and the T rounds, √(a/2w) + √(a/2L_{m−1}) with a = log T + log J, so an
         unchanged mean fires with probability below about 1/8 over the whole stream (``detect_scale`` only scales
-        the notes' epoch-mean test). A window that fires re-anchors the restart on itself: it holds mostly
+        the epoch-mean test). A window that fires re-anchors the restart on itself: it holds mostly
         post-change rounds."""
         self.wsums.append(self.ws)
         self.wn, self.ws = 0, 0.0
@@ -230,18 +205,15 @@ class AdaptiveCalibrator(Forecaster):
     def _state(self) -> dict[str, Any]:
         return {
             **{k: getattr(self, k) for k in _SCALARS},
-            "config": [self.variant, self.measure, self.first_epoch, self.radius_scale, self.detect_scale,
-                       self.detect_window, self.budget_block, self.lazy, self.horizon],  # fmt: skip
+            "config": self.config.to_dict(),
             "core": self.core.state_dict(),
             "rng": self.rng.state_dict(),
             "pseudo": pseudo_to_state(self.pseudo),
         }
 
     def _load(self, state: dict[str, Any]) -> None:
-        config = [self.variant, self.measure, self.first_epoch, self.radius_scale, self.detect_scale,
-                  self.detect_window, self.budget_block, self.lazy, self.horizon]  # fmt: skip
-        if list(state["config"]) != config:
-            raise ValueError(f"state was saved with settings {state['config']}, this calibrator has {config}")
+        if dict(state["config"]) != self.config.to_dict():
+            raise ValueError(f"state was saved with settings {state['config']}, this forecaster has {self.config}")
         for k in _SCALARS:
             v = state[k]
             setattr(self, k, list(v) if isinstance(v, (list, tuple)) else v)

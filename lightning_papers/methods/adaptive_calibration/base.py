@@ -1,9 +1,11 @@
 """The forecaster interface shared by every calibrated forecaster here, plus a resumable stream of uniforms.
 
-A forecaster plays the online protocol of the paper (``shared/research/online.md`` §A2): each round it outputs a
-probability ``p_t = predict()``, then sees the outcome ``y_t ∈ {0, 1}`` through ``update(y_t)``. ``run(y)`` plays a
-whole stream and returns the forecasts; it is the same computation as the per-round loop (tested), only without
-the per-call validation. ``state_dict()`` / ``load_state_dict()`` hold plain Python values so a run resumes exactly.
+A forecaster plays the online protocol of the paper (Liu, Luo, Ratliff 2026, arXiv 2605.11490): each round it
+outputs a probability ``p_t = predict()``, then sees the outcome ``y_t ∈ {0, 1}`` through ``update(y_t)`` (or
+``observe(y_t)``, the same without the check that ``y_t`` is a 0/1 label, for callers that validated a whole batch).
+``run(y)`` plays a whole stream and returns the forecasts; it is the same computation as the per-round loop
+(tested), only without the per-call validation. ``state_dict()`` / ``load_state_dict()`` hold plain Python values so
+a run resumes exactly.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from lightning_papers.metrics.calibration import ArrayLike, _as_numpy, check_labels, check_probabilities
+from lightning_papers.metrics.calibration import ArrayLike, as_numpy, check_labels
 
 
 def check_label(y: float) -> float:
@@ -25,7 +27,7 @@ def check_label(y: float) -> float:
 class Forecaster:
     """Base class: ``predict() -> float``, ``update(y)``, ``run(y, reference=None) -> p`` and a resumable state.
 
-    Subclasses implement ``predict``, ``_update`` (no validation) and ``_state`` / ``_load``. ``reference`` is only
+    Subclasses implement ``predict``, ``observe`` (no validation) and ``_state`` / ``_load``. ``reference`` is only
     used by the oracle (the true means μ_t); the others ignore it.
     """
 
@@ -34,9 +36,10 @@ class Forecaster:
 
     def update(self, y: float) -> None:
         """Feed the outcome of the round whose forecast was the last ``predict()``."""
-        self._update(check_label(y))
+        self.observe(check_label(y))
 
-    def _update(self, y: float) -> None:
+    def observe(self, y: float) -> None:
+        """``update`` without the label check: ``y`` must already be known to be 0.0 or 1.0."""
         raise NotImplementedError
 
     def expected_forecast(self) -> float:
@@ -45,9 +48,9 @@ class Forecaster:
 
     def run(self, y: ArrayLike, reference: ArrayLike | None = None) -> np.ndarray:
         """Play the stream ``y`` (binary outcomes, in time order) and return the forecasts made before each outcome."""
-        y_arr = _as_numpy(y, "y")
+        y_arr = as_numpy(y)
         check_labels(y_arr, "y")
-        predict, update = self.predict, self._update
+        predict, update = self.predict, self.observe
         out = []
         append = out.append
         for yt in y_arr.tolist():
@@ -96,9 +99,3 @@ class UniformStream:
         self._gen.bit_generator.state = state["gen"]
         self._buf = list(state["buf"])
         self._pos = int(state["pos"])
-
-
-def check_probability(p: float, name: str) -> float:
-    """Return ``float(p)`` if it is a finite number in [0, 1], else raise ``ValueError``."""
-    check_probabilities(np.asarray([p], dtype=np.float64), name)
-    return float(p)

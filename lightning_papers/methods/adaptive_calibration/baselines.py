@@ -1,5 +1,6 @@
-"""Baselines of the paper's comparison (``shared/research/online.md`` §A3, §A5): a non-adaptive uniform-grid
-calibrated forecaster, the raw and the rounded running mean, and an oracle that predicts the true mean.
+"""Baselines for the calibration-epochs forecaster: a non-adaptive uniform-grid calibrated forecaster (the
+classical Õ(T^{2/3}) method the paper improves on), the raw and the rounded running mean, and an oracle that
+predicts the true mean. ``docs/adaptive_calibration.md`` compares them in the benchmark.
 """
 
 from __future__ import annotations
@@ -17,14 +18,14 @@ from lightning_papers.methods.adaptive_calibration.swap_regret import (
     pseudo_from_state,
     pseudo_to_state,
 )
-from lightning_papers.metrics.calibration import ArrayLike, _as_numpy, check_labels, check_probabilities
+from lightning_papers.metrics.calibration import ArrayLike, as_numpy, check_labels, check_probabilities
 
 
 class UniformGridCalibrator(Forecaster):
     """BM-FTL on a uniform grid of N ≈ T^{1/3} intervals: the non-adaptive Õ(T^{2/3}) ℓ1 / Õ(T^{1/3}) ℓ2 method.
 
     Args:
-        horizon: T, the number of rounds the grid is tuned for (N = ⌈T^{1/3}⌉ intervals, notes §A3).
+        horizon: T, the number of rounds the grid is tuned for (N = ⌈T^{1/3}⌉ intervals).
         n_intervals: Override N.
         lazy: See :class:`~lightning_papers.methods.adaptive_calibration.swap_regret.SwapRegretCore`.
         seed: Seed of the sampling.
@@ -50,7 +51,7 @@ class UniformGridCalibrator(Forecaster):
     def expected_forecast(self) -> float:
         return self.core.mean
 
-    def _update(self, y: float) -> None:
+    def observe(self, y: float) -> None:
         self.core.observe(y)
 
     def pseudo_stats(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -71,7 +72,7 @@ class RunningMean(Forecaster):
     """Predict the mean of the outcomes so far (``prior`` before the first one); optionally rounded to ``step``.
 
     Args:
-        step: Round the forecast to a multiple of ``step`` (0 = raw running mean; the notes use 0.01).
+        step: Round the forecast to a multiple of ``step`` (0 = raw running mean; the benchmark uses 0.01).
         prior: Forecast of the first round.
     """
 
@@ -86,7 +87,7 @@ class RunningMean(Forecaster):
         p = self.s / self.n if self.n else self.prior
         return min(1.0, round(p / self.step) * self.step) if self.step else p
 
-    def _update(self, y: float) -> None:
+    def observe(self, y: float) -> None:
         self.n += 1
         self.s += y
 
@@ -98,7 +99,7 @@ class RunningMean(Forecaster):
 
 
 class RoundedRunningMean(RunningMean):
-    """Running mean rounded to a 0.01 grid (notes §A3: converges to the grid point nearest μ, lags after a change).
+    """Running mean rounded to a 0.01 grid (converges to the grid point nearest μ; lags after a change).
 
     Args:
         step: Rounding step.
@@ -123,13 +124,13 @@ class OracleForecaster(Forecaster):
     def predict(self) -> float:
         return self.mean
 
-    def _update(self, y: float) -> None:
+    def observe(self, y: float) -> None:
         return None
 
     def run(self, y: ArrayLike, reference: ArrayLike | None = None) -> np.ndarray:
         if reference is None:
             raise ValueError("OracleForecaster.run needs reference = the true means μ_t of the stream")
-        y_arr, mu = _as_numpy(y, "y"), _as_numpy(reference, "reference")
+        y_arr, mu = as_numpy(y), as_numpy(reference)
         check_labels(y_arr, "y")
         check_probabilities(mu, "reference")
         if mu.shape != y_arr.shape:

@@ -1,6 +1,6 @@
 """Swap-regret calibrated forecaster on a finite grid ("BM-FTL") and the non-uniform grid it runs on.
 
-Reconstruction (``shared/research/online.md`` §A4, after Luo, Senapati, Sharan 2025 and Fishelson et al. 2025):
+Reconstruction (after Luo, Senapati, Sharan 2025 and Fishelson et al. 2025; see ``docs/adaptive_calibration.md``):
 grid point i owns a follow-the-leader learner with weight W_i and label sum Y_i, suggesting x_i = Y_i / W_i. Row i
 of a Markov matrix Q is the mean-preserving rounding of x_i onto its two neighbouring grid points; the forecast is
 sampled from the stationary distribution π = πQ (Blum–Mansour), and after the outcome every learner gets
@@ -22,7 +22,7 @@ import numpy as np
 QUANTUM = 1.0 / 4096  # every grid point is a multiple of this, so OnlineCalibrationError(resolution=4096) is exact
 # The outermost grid points are QUANTUM and 1 − QUANTUM, not 0 and 1: a forecaster that puts any mass on 0 or 1
 # (sampled, or in its distribution) makes the KL / pseudo-KL calibration error infinite as soon as that forecast is
-# contradicted once (notes §A4.6: the KL variant keeps its grid away from the certain forecasts). Costs at most
+# contradicted once (so the KL variant keeps its grid away from the certain forecasts). Costs at most
 # T·QUANTUM in ℓ1 on a stream whose mean is exactly 0 or 1.
 EDGE = QUANTUM
 

@@ -7,13 +7,15 @@ import math
 import numpy as np
 import pytest
 
-from lightning_papers.methods.adaptive_calibration.adaptive import AdaptiveCalibrator
+from lightning_papers.methods.adaptive_calibration.adaptive import CalibrationEpochsForecaster
 from lightning_papers.methods.adaptive_calibration.baselines import (
     OracleForecaster,
     RoundedRunningMean,
     RunningMean,
     UniformGridCalibrator,
 )
+from lightning_papers.methods.adaptive_calibration.config import CalibrationEpochsConfig
+from lightning_papers.methods.adaptive_calibration.forecasters import FORECASTERS, build_forecaster
 from lightning_papers.methods.adaptive_calibration.swap_regret import (
     QUANTUM,
     build_grid,
@@ -33,10 +35,15 @@ def stream(mu: np.ndarray, seed: int) -> np.ndarray:
     return (np.random.default_rng(seed).random(mu.size) < mu).astype(float)
 
 
+def epochs(seed: int = 0, **settings: object) -> CalibrationEpochsForecaster:
+    """The calibration-epochs forecaster with ``settings`` overriding the config's defaults."""
+    return CalibrationEpochsForecaster(CalibrationEpochsConfig(**settings), seed=seed)
+
+
 FACTORIES = {
-    "refine": lambda: AdaptiveCalibrator(seed=3),
-    "restart": lambda: AdaptiveCalibrator(variant="restart", measure="l2", seed=3),
-    "eager": lambda: AdaptiveCalibrator(lazy=0.0, seed=3),
+    "refine": lambda: epochs(seed=3),
+    "restart": lambda: epochs(variant="restart", measure="l2", seed=3),
+    "eager": lambda: epochs(lazy=0.0, seed=3),
     "uniform": lambda: UniformGridCalibrator(3000, seed=3),
     "rounded": lambda: RoundedRunningMean(),
 }
@@ -66,7 +73,7 @@ def test_iid_stream_keeps_l1_per_round_small() -> None:
     for seed, mean in enumerate((0.3, 0.5, 0.73)):
         y = stream(np.full(T, mean), seed)
         for variant in ("refine", "restart"):
-            p = AdaptiveCalibrator(variant=variant, seed=seed).run(y)
+            p = epochs(variant=variant, seed=seed).run(y)
             assert l1_calibration_error(p, y) / T < 0.03, (variant, mean)
         assert l1_calibration_error(RunningMean().run(y), y) / T > 0.3
 
@@ -76,7 +83,7 @@ def test_two_segments_beats_rounded_running_mean() -> None:
     for seed in range(2):
         mu = np.r_[np.full(T // 2, 0.25), np.full(T // 2, 0.7)]
         y = stream(mu, seed)
-        ada = AdaptiveCalibrator(seed=seed)
+        ada = epochs(seed=seed)
         p = ada.run(y)
         rounded = l1_calibration_error(RoundedRunningMean().run(y), y)
         assert ada.changes >= 1
@@ -84,7 +91,7 @@ def test_two_segments_beats_rounded_running_mean() -> None:
         assert l2_calibration_error(p, y) < l2_calibration_error(RoundedRunningMean().run(y), y)
 
 
-def detection_times(f: AdaptiveCalibrator, y: np.ndarray) -> list[int]:
+def detection_times(f: CalibrationEpochsForecaster, y: np.ndarray) -> list[int]:
     """Rounds (1-based) after which ``f`` declared a change."""
     times, seen = [], f.changes
     for t, yt in enumerate(y.tolist(), start=1):
@@ -104,8 +111,8 @@ def test_windowed_change_test_catches_a_change_deep_in_an_epoch() -> None:
     mu = np.r_[np.full(change, 0.3), np.full(2000, 0.7)]
     for seed in range(3):
         y = stream(mu, 10 + seed)
-        windowed = detection_times(AdaptiveCalibrator(seed=seed), y)
-        epoch_only = detection_times(AdaptiveCalibrator(detect_window=0, seed=seed), y)
+        windowed = detection_times(epochs(seed=seed), y)
+        epoch_only = detection_times(epochs(detect_window=0, seed=seed), y)
         assert windowed and epoch_only and windowed[0] > change and epoch_only[0] > change  # no false alarm before
         assert windowed[0] - change <= 200
         assert epoch_only[0] - change >= 2 * (windowed[0] - change)
@@ -116,7 +123,7 @@ def test_kl_and_pseudo_kl_are_finite_on_a_switching_stream() -> None:
     on a stream that jumps to a mean near 1."""
     mu = np.r_[np.full(3000, 0.5), np.full(3000, 0.97), np.full(3000, 0.02)]
     y = stream(mu, 4)
-    for f in (AdaptiveCalibrator(seed=1), AdaptiveCalibrator(variant="restart", measure="l2", seed=1),
+    for f in (epochs(seed=1), epochs(variant="restart", measure="l2", seed=1),
               UniformGridCalibrator(y.size, seed=1)):  # fmt: skip
         p = f.run(y)
         assert QUANTUM <= p.min() and p.max() <= 1 - QUANTUM
@@ -127,7 +134,7 @@ def test_kl_and_pseudo_kl_are_finite_on_a_switching_stream() -> None:
 
 def test_forecasts_lie_on_the_quantum_lattice_and_pseudo_counts_add_up() -> None:
     y = stream(np.full(5000, 0.41), 1)
-    f = AdaptiveCalibrator(seed=1)
+    f = epochs(seed=1)
     p = f.run(y)
     np.testing.assert_allclose(p / QUANTUM, np.round(p / QUANTUM), atol=1e-9)
     values, n, s = f.pseudo_stats()
@@ -180,7 +187,7 @@ def test_oracle_and_running_means() -> None:
 
 @pytest.mark.parametrize("bad", [2, -1, 0.5, math.nan])
 def test_bad_outcome_raises(bad: float) -> None:
-    f = AdaptiveCalibrator()
+    f = epochs()
     f.predict()
     with pytest.raises(ValueError, match="binary label"):
         f.update(bad)
@@ -190,12 +197,37 @@ def test_bad_outcome_raises(bad: float) -> None:
 
 def test_bad_settings_raise() -> None:
     with pytest.raises(ValueError, match="variant"):
-        AdaptiveCalibrator(variant="fresh")
+        CalibrationEpochsConfig(variant="fresh")
     with pytest.raises(ValueError, match="first_epoch"):
-        AdaptiveCalibrator(first_epoch=1)
+        CalibrationEpochsConfig(first_epoch=1)
     with pytest.raises(ValueError, match="detect_window must be 0 or >= 16, got 8"):
-        AdaptiveCalibrator(detect_window=8)
+        CalibrationEpochsConfig(detect_window=8)
+    with pytest.raises(ValueError, match="lazy must be in"):
+        CalibrationEpochsConfig(lazy=1.0)
+    with pytest.raises(TypeError, match="CalibrationEpochsConfig"):
+        CalibrationEpochsForecaster({"measure": "l2"})  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="reference"):
         OracleForecaster().run([0, 1])
     with pytest.raises(ValueError, match="settings"):
-        AdaptiveCalibrator(measure="l2").load_state_dict(AdaptiveCalibrator().state_dict())
+        epochs(measure="l2").load_state_dict(epochs().state_dict())
+    with pytest.raises(ValueError, match="unknown forecaster"):
+        build_forecaster("magic")
+    with pytest.raises(ValueError, match="horizon"):
+        build_forecaster("uniform")
+
+
+@pytest.mark.parametrize("name", FORECASTERS)
+def test_build_forecaster_by_name_plays_a_stream(name: str) -> None:
+    """Every registered name builds a forecaster whose forecasts are probabilities; ``adaptive_restart`` is the
+    configured forecaster with ``variant="restart"``, identical to building that config directly."""
+    mu = np.r_[np.full(600, 0.3), np.full(600, 0.8)]
+    y = stream(mu, 2)
+    config = CalibrationEpochsConfig(measure="l2", first_epoch=16)
+    f = build_forecaster(name, config, horizon=y.size, seed=5)
+    p = f.run(y, mu)
+    assert p.shape == y.shape and np.all((p >= 0) & (p <= 1))
+    if name == "adaptive_restart":
+        same = CalibrationEpochsForecaster(CalibrationEpochsConfig(variant="restart", measure="l2", first_epoch=16), 5)
+        np.testing.assert_array_equal(p, same.run(y))
+    if name == "uniform":
+        assert f.horizon == y.size
