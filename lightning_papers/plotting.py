@@ -32,12 +32,19 @@ def figure_dir(trainer: Trainer) -> Path:
     ``<save_dir>/figures/<wandb run id>`` with a WandbLogger (a resumed run keeps its id, so its folder too),
     ``<log_dir>/figures`` with another logger, and ``<default_root_dir>/figures`` without one.
     """
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
     loggers = wandb_loggers(trainer.loggers)
     if loggers:
         logger = loggers[0]
         return Path(logger.save_dir or trainer.default_root_dir) / "figures" / str(logger.version)
-    if trainer.log_dir is not None:
-        return Path(trainer.log_dir) / "figures"
+    # ``trainer.log_dir`` would broadcast from rank 0, and only rank 0 logs figures: under DDP the other ranks
+    # would never join the collective. Read the same folder ``log_dir`` names, without the broadcast.
+    if trainer.loggers:
+        first = trainer.loggers[0]
+        log_dir = first.log_dir if isinstance(first, CSVLogger | TensorBoardLogger) else first.save_dir
+        if log_dir is not None:
+            return Path(log_dir) / "figures"
     return Path(trainer.default_root_dir) / "figures"
 
 
