@@ -23,6 +23,10 @@ CASES: dict[str, tuple[dict[str, object], int, int]] = {
         "data.val_num_sets": 20, "data.batch_size": 64, "model.stage1_epochs": 2, "model.grid_points": 200,
         "trainer.max_epochs": 4, "trainer.check_val_every_n_epoch": 1,
     }, 17, 20),
+    "symbolic_regression/debug.yaml": ({
+        "model.config.steps": 40, "model.config.max_points": 200, "model.config.cycle_steps": 20,
+        "data.steps_per_epoch": 15, "data.t_end": 5.0, "trainer.check_val_every_n_epoch": 1,
+    }, 35, 40),
 }
 
 
