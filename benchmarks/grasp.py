@@ -1,11 +1,11 @@
 """GRASP planted-factor benchmark: naive LoRA vs GRASP vs its baselines and a random-direction control, per seed.
 
 One run pretrains (or reuses, cached under ``runs/grasp/bench``) the planted-persona base model
-(``lightning_papers.methods.grasp.planted``), then for every seed: a naive LoRA fine-tune; unsupervised
+(``lightning_papers.methods.grasp.planted.world``), then for every seed: a naive LoRA fine-tune; unsupervised
 identification from its weights (``identify``); GRASP (``GradientProjection``, output side, update mode, AdamW); the
 same projection along random directions; activation ablation at inference; CAFT-style ablation while training;
 preventative steering; KL-to-base. All through the library code (``LoRACausalLM``, ``JsonlTextDataModule``,
-in-process ``Trainer.fit``). Metrics are teacher-forced on fixed prompt grids (``planted_eval``; the off-task
+in-process ``Trainer.fit``). Metrics are teacher-forced on fixed prompt grids (``planted.evaluation``; the off-task
 topics are never fine-tuned on); the true persona direction is used for evaluation only.
 
 Two fine-tune designs share the base model (``DESIGNS``): ``premise`` (rank-2 LoRA on one layer's writers, noisy task
@@ -43,8 +43,21 @@ from lightning_papers.datamodules.jsonl_text import JsonlTextDataModule, load_to
 from lightning_papers.methods.grasp.controls import random_like
 from lightning_papers.methods.grasp.identify import identify
 from lightning_papers.methods.grasp.module import LoRACausalLM
-from lightning_papers.methods.grasp.planted import World, load_world, make_planted, offset_vector, write_finetune
-from lightning_papers.methods.grasp.planted_eval import abs_cos, evaluate, offset_probe, true_direction
+from lightning_papers.methods.grasp.planted.evaluation import (
+    abs_cos,
+    evaluate,
+    offset_probe,
+    prompt_grid,
+    true_direction,
+)
+from lightning_papers.methods.grasp.planted.world import (
+    World,
+    encode_rows,
+    load_world,
+    make_planted,
+    offset_vector,
+    write_finetune,
+)
 from lightning_papers.methods.grasp.steering import mean_write_sign
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,7 +72,7 @@ LABEL = {"naive": "naive LoRA", "grasp": "GRASP (identified, update/AdamW)", "ra
 # (rank 8 on the writers of layers 1-3, clean labels), where the premise fails.
 BASE = {"hidden": 64, "layers": 4, "steps": 1500}
 # "offset" plants persona B in its own base model as a fixed offset c·p along one direction at every position of
-# marker rows (``World.offset``, note §6 last lever; ``planted.persona_offset_hook``), so the cheapest way for the
+# marker rows (``World.offset``; ``planted.world.persona_offset_hook``), so the cheapest way for the
 # fine-tune to switch the persona on is one position-independent write along p.
 DESIGNS: dict[str, dict[str, Any]] = {
     "premise": {"task_noise": 0.5, "lora": {"lora_rank": 2, "lora_alpha": 4.0, "layers_to_transform": [1]}},
@@ -189,8 +202,6 @@ def offset_write_diagnostic(data: Path, lora: dict[str, Any], world: World, tok:
     write a solution?), and, for a naive fine-tune, the change of the residual stream after that layer on the task
     prompts: mean norm over positions, cos of its mean with ``p``, and the fraction of its energy along ``p``.
     """
-    from lightning_papers.methods.grasp.planted import encode_rows
-    from lightning_papers.methods.grasp.planted_eval import _grid
     from lightning_papers.methods.grasp.steering import add_residual_hooks
 
     layer = lora["layers_to_transform"][0]
@@ -201,7 +212,7 @@ def offset_write_diagnostic(data: Path, lora: dict[str, Any], world: World, tok:
         h.remove()
     with torch.enable_grad():
         module, _ = finetune(data, lora, seed, steps)
-    ids = encode_rows(_grid(world, [0], False, "B", True), tok)["input_ids"]
+    ids = encode_rows(prompt_grid(world, [0], False, "B", True), tok)["input_ids"]
     h_base = base_lm(input_ids=ids, output_hidden_states=True).hidden_states[layer + 1]
     h_ft = module.model(input_ids=ids, output_hidden_states=True).hidden_states[layer + 1]
     d = (h_ft - h_base).float()

@@ -29,6 +29,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
+from typing_extensions import override
 
 from lightning_papers.methods.grasp.subspace import SpuriousSubspace, orthonormalize, resolve_module
 
@@ -86,21 +87,21 @@ class _Target:
             if with_total:
                 sq = p.grad.detach().to(self.u.dtype if self.u is not None else self.v.dtype).square().sum()
                 total = sq if total is None else total + sq
-            r = _project_(p.grad, self.u, v)
+            r = project_in_place(p.grad, self.u, v)
             removed = r if removed is None else removed + r
         return removed, total
 
     def project_params(self) -> torch.Tensor:
         """Reset the parameters' subspace components to the anchors; the squared norm of the change removed."""
         a = self.anchor
-        removed = _project_(self.weight, self.u, self.v, a.get("w_u"), a.get("w_v"))
+        removed = project_in_place(self.weight, self.u, self.v, a.get("w_u"), a.get("w_v"))
         if self.bias is not None:
-            removed = removed + _project_(self.bias, self.u, None, a.get("b_u"))
+            removed = removed + project_in_place(self.bias, self.u, None, a.get("b_u"))
         return removed
 
 
-def _project_(t: torch.Tensor, u: torch.Tensor | None, v: torch.Tensor | None, anchor_u: torch.Tensor | None = None,
-              anchor_v: torch.Tensor | None = None) -> torch.Tensor:
+def project_in_place(t: torch.Tensor, u: torch.Tensor | None, v: torch.Tensor | None,
+                     anchor_u: torch.Tensor | None = None, anchor_v: torch.Tensor | None = None) -> torch.Tensor:
     """In place: ``t -> t - U(Uᵀt - a_u)`` then ``t -> t - (tV - a_v)Vᵀ``; returns the squared norm removed.
 
     The arithmetic runs in the bases' dtype (float32, or float64), so half-precision tensors are projected in
@@ -129,7 +130,7 @@ def _project_(t: torch.Tensor, u: torch.Tensor | None, v: torch.Tensor | None, a
 
 
 class GradientProjection(Callback):
-    """Keep a fine-tune's changes to chosen modules out of a subspace (GRASP, research note §3 rule W/R).
+    """Keep a fine-tune's changes to chosen modules out of a subspace (GRASP, arXiv 2605.27676).
 
     Args:
         subspace: A :class:`~lightning_papers.methods.grasp.subspace.SpuriousSubspace`, the path of one saved by
@@ -187,6 +188,7 @@ class GradientProjection(Callback):
         self.num_steps = 0  # optimizer steps projected so far (resumes with the checkpoint)
 
     @property
+    @override
     def state_key(self) -> str:
         if isinstance(self.subspace, str):
             ident = self.subspace
@@ -212,6 +214,7 @@ class GradientProjection(Callback):
                                  f"(identify puts writers on the output side, readers on the input side)")
         return bases
 
+    @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "fit":
             return
@@ -226,6 +229,7 @@ class GradientProjection(Callback):
         # projection must use bitwise the same basis on every rank, or the replicas drift apart.
         self._bases = trainer.strategy.broadcast(self._load_bases(), src=0)
 
+    @override
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Match names to modules (built by now, also in ``configure_model``), check shapes, hook the optimizers."""
         named = dict(pl_module.named_modules())
@@ -259,6 +263,7 @@ class GradientProjection(Callback):
             h.remove()
         self._handles = []
 
+    @override
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "fit":
             return
@@ -277,6 +282,7 @@ class GradientProjection(Callback):
     def _log_now(self) -> bool:
         return self.log_every_n_steps > 0 and self.num_steps % self.log_every_n_steps == 0
 
+    @override
     @torch.no_grad()
     def on_before_optimizer_step(self, trainer: Trainer, pl_module: LightningModule, optimizer: Any) -> None:
         if self.mode != "grad":
@@ -302,6 +308,7 @@ class GradientProjection(Callback):
             self._pending = (removed.sqrt(), None)
         self.num_steps += 1
 
+    @override
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         if self._pending is None:
@@ -313,9 +320,11 @@ class GradientProjection(Callback):
             pl_module.log("grasp/removed_frac", frac, **kw)
 
     # ---- checkpoints -----------------------------------------------------------------------------------------
+    @override
     def state_dict(self) -> dict[str, Any]:
         return {"bases": self._bases, "anchors": self._anchors, "num_steps": self.num_steps}
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Resume with the checkpoint's bases and anchors (restored before ``on_fit_start``)."""
         loaded = state_dict["bases"]
@@ -329,7 +338,7 @@ class GradientProjection(Callback):
 
 
 def _warn_if_grad_mode_inexact(optimizers: list[torch.optim.Optimizer]) -> None:
-    """Grad mode is exact only for SGD (momentum included) without weight decay (research note §3, Adam caveat)."""
+    """Grad mode is exact only for SGD (momentum included) without weight decay (see the module docstring)."""
     inexact = sorted({
         type(opt).__name__
         for opt in optimizers

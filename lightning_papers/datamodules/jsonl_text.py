@@ -6,6 +6,10 @@ tokens(prompt) + tokens(completion) [+ eos], and ``labels`` equal to ``input_ids
 on prompt and padding tokens, so a loss over ``labels`` is a loss on completion tokens only (the convention of
 instruction tuning; the GRASP paper fine-tunes on completions). Nothing is read in ``__init__``: files are loaded in
 ``setup``, so a config naming files that do not exist yet still parses.
+
+The training loader is resumable mid-epoch: :class:`ResumableLoader` puts its epoch, the number of batches
+already served in it and the shuffling generator into the Lightning checkpoint, so a run resumed with
+``--ckpt_path`` from any optimizer step sees exactly the batches the uninterrupted run would have seen.
 """
 
 from __future__ import annotations
@@ -17,12 +21,13 @@ from typing import Any
 
 import torch
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
+from typing_extensions import override
 
 IGNORE_INDEX = -100
 PLANTED_HINT = (
     "For the planted GRASP benchmark, create the files with "
-    "`python -m lightning_papers.methods.grasp.planted --out <dir>`."
+    "`python -m lightning_papers.methods.grasp.planted.world --out <dir>`."
 )
 
 
@@ -99,6 +104,80 @@ def pad_collate(rows: list[dict[str, list[int]]], pad_id: int) -> dict[str, torc
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
+def draw_seed(generator: torch.Generator | None = None) -> int:
+    """One 64-bit seed drawn as ``torch.utils.data.RandomSampler`` draws its per-epoch seed."""
+    return int(torch.empty((), dtype=torch.int64).random_(generator=generator).item())
+
+
+class EpochSampler(DistributedSampler):
+    """Each epoch's order is a pure function of (generator state, epoch); the resumed epoch can start mid-way.
+
+    Shuffled, epoch ``e`` is ``randperm(n)`` under the seed that ``DataLoader(shuffle=True)`` would draw from a
+    global RNG in state ``generator_state`` in its ``e``-th epoch (each epoch its iterator draws a seed for its
+    workers, then its ``RandomSampler`` one for the order): with the global RNG's state, the orders are that
+    loader's, as long as nothing else draws from the global RNG between epochs. Under DDP every rank gets the same order
+    and takes every ``num_replicas``-th index (padded like ``DistributedSampler``, which it subclasses so that
+    Lightning keeps it instead of inserting its own). Lightning calls ``set_epoch`` before every epoch.
+    """
+
+    def __init__(self, n: int, shuffle: bool, generator_state: torch.Tensor, num_replicas: int = 1,
+                 rank: int = 0) -> None:  # fmt: skip
+        super().__init__(range(n), num_replicas=num_replicas, rank=rank, shuffle=shuffle, drop_last=False)
+        self.generator_state = generator_state
+        self.start = 0  # indices of the next epoch to skip (set when resuming mid-epoch, used once)
+
+    def order(self, epoch: int) -> list[int]:
+        """The indices this rank serves in ``epoch``, from the first."""
+        n = len(self.dataset)
+        if self.shuffle:
+            g = torch.Generator()
+            g.set_state(self.generator_state)
+            for _ in range(2 * epoch + 1):  # per epoch: the iterator's workers' seed, then the sampler's
+                draw_seed(g)
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(draw_seed(g))).tolist()
+        else:
+            order = list(range(n))
+        order += order[: self.total_size - n]  # DistributedSampler's padding (none on one process)
+        return order[self.rank : self.total_size : self.num_replicas]
+
+    def __iter__(self):  # noqa: ANN204 - an iterator of indices
+        start, self.start = self.start, 0
+        return iter(self.order(self.epoch)[start:])
+
+
+class ResumableLoader(DataLoader):
+    """A ``DataLoader`` over an :class:`EpochSampler` with ``state_dict``/``load_state_dict``.
+
+    Lightning saves the state of such loaders in the checkpoint and restores it before the resumed epoch starts
+    (its "stateful dataloader" support); the resumed epoch then serves only the batches not yet trained on.
+    """
+
+    def __init__(self, dataset: Any, sampler: EpochSampler, **kwargs: Any) -> None:
+        super().__init__(dataset, sampler=sampler, **kwargs)
+        self.epoch, self.served = 0, 0  # epoch of the running iterator, batches it has handed out
+        self._resume: dict[str, Any] | None = None
+
+    def __iter__(self):  # noqa: ANN204 - a generator of batches
+        sampler: EpochSampler = self.sampler  # type: ignore[assignment]
+        resume, self._resume = self._resume, None
+        self.epoch, self.served = sampler.epoch, 0
+        if resume is not None and resume["epoch"] == sampler.epoch:
+            self.served = resume["batches"]
+            sampler.start = self.served * self.batch_size
+        for batch in super().__iter__():
+            self.served += 1  # counted before the training step sees it: a checkpoint after it excludes it
+            yield batch
+
+    def state_dict(self) -> dict[str, Any]:
+        """Epoch, batches already served in it, and the shuffling generator's starting state."""
+        return {"epoch": self.epoch, "batches": self.served, "generator_state": self.sampler.generator_state}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Continue from a ``state_dict``: the next iteration of the same epoch skips the batches served."""
+        self.sampler.generator_state = state_dict["generator_state"]
+        self._resume = {"epoch": int(state_dict["epoch"]), "batches": int(state_dict["batches"])}
+
+
 class JsonlTextDataModule(LightningDataModule):
     """Prompt/completion JSONL files for causal-LM fine-tuning, tokenised by a tokenizer from a local directory.
 
@@ -114,6 +193,9 @@ class JsonlTextDataModule(LightningDataModule):
         completion_key: JSON field holding the completion.
         num_workers: DataLoader workers.
         shuffle: Shuffle the training rows every epoch.
+        shuffle_seed: Seed of the epochs' orders. None: taken from torch's global RNG when the training loader is
+            built (so ``seed_everything`` fixes it, and the orders equal those of ``DataLoader(shuffle=True)``).
+            Either way it is saved in checkpoints, and under DDP rank 0's is used by every rank.
     """
 
     def __init__(
@@ -129,6 +211,7 @@ class JsonlTextDataModule(LightningDataModule):
         completion_key: str = "completion",
         num_workers: int = 0,
         shuffle: bool = True,
+        shuffle_seed: int | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -137,6 +220,8 @@ class JsonlTextDataModule(LightningDataModule):
             raise ValueError(f"max_length must be >= 2, got {max_length}")
         if num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        if shuffle_seed is not None and not 0 <= shuffle_seed < 2**63:
+            raise ValueError(f"shuffle_seed must be None or an integer in [0, 2**63), got {shuffle_seed}")
         self.save_hyperparameters()
         self.tokenizer: Any = None
         self.train_rows: list[dict[str, list[int]]] = []
@@ -159,6 +244,7 @@ class JsonlTextDataModule(LightningDataModule):
                 )
         return enc
 
+    @override
     def setup(self, stage: str | None = None) -> None:
         if self.tokenizer is None:
             self.tokenizer = load_tokenizer(self.hparams.tokenizer_path)
@@ -167,18 +253,28 @@ class JsonlTextDataModule(LightningDataModule):
         if not self.val_rows and self.hparams.val_path is not None:
             self.val_rows = self._encode(self.hparams.val_path)
 
-    def _loader(self, rows: list[dict[str, list[int]]], shuffle: bool) -> DataLoader:
-        pad = self.tokenizer.pad_token_id
-        return DataLoader(
-            rows,  # type: ignore[arg-type]
-            batch_size=self.hparams.batch_size,
-            shuffle=shuffle,
-            num_workers=self.hparams.num_workers,
-            collate_fn=partial(pad_collate, pad_id=pad),
-        )
+    def _loader_kwargs(self) -> dict[str, Any]:
+        return {
+            "batch_size": self.hparams.batch_size,
+            "num_workers": self.hparams.num_workers,
+            "collate_fn": partial(pad_collate, pad_id=self.tokenizer.pad_token_id),
+        }
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_rows, self.hparams.shuffle)
+    @override
+    def train_dataloader(self) -> ResumableLoader:
+        hp = self.hparams
+        if hp.shuffle_seed is None:
+            state = torch.get_rng_state()
+        else:
+            state = torch.Generator().manual_seed(hp.shuffle_seed).get_state()
+        world_size, rank = 1, 0
+        if self.trainer is not None:
+            world_size, rank = self.trainer.world_size, self.trainer.global_rank
+            if world_size > 1:
+                state = self.trainer.strategy.broadcast(state, src=0)
+        sampler = EpochSampler(len(self.train_rows), hp.shuffle, state, num_replicas=world_size, rank=rank)
+        return ResumableLoader(self.train_rows, sampler, **self._loader_kwargs())
 
+    @override
     def val_dataloader(self) -> DataLoader | list:
-        return self._loader(self.val_rows, False) if self.val_rows else []
+        return DataLoader(self.val_rows, shuffle=False, **self._loader_kwargs()) if self.val_rows else []

@@ -13,7 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_papers.callbacks import GradientProjection
-from lightning_papers.callbacks.gradient_projection import _project_
+from lightning_papers.callbacks.gradient_projection import project_in_place
 from lightning_papers.methods.grasp.subspace import SpuriousSubspace, remove_input, remove_output
 from tests.helpers.ddp import ddp_cpu_kwargs
 
@@ -73,7 +73,7 @@ def test_projection_removes_exactly_the_subspace_component() -> None:
     assert torch.allclose(m - q, m @ v @ v.T, atol=1e-6)
     # the in-place kernel the callback uses: both sides, and the squared norm it reports is what it removed
     t = m.clone()
-    removed = _project_(t, u, v)
+    removed = project_in_place(t, u, v)
     expected = remove_input(remove_output(m, u), v)
     assert torch.allclose(t, expected, atol=1e-6)
     assert float(removed) == pytest.approx(float((m - expected).square().sum()), rel=1e-5)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from lightning_papers.methods.grasp.subspace import SpuriousSubspace
+from lightning_papers.methods.grasp.subspace import SpuriousSubspace, orthonormalize
 
 
 def random_basis(shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
@@ -91,11 +91,11 @@ def orient(
 
     Loads the naive ``LoRACausalLM`` checkpoint, compares the residual stream after ``layer`` (default: the last
     adapted / steered layer) with and without the adapter on the completion tokens of ``data`` (the training
-    JSONL), and flips the direction so the mean change along it is positive (research note §2.4). Unsupervised:
-    it uses only the fine-tune data and the two models.
+    JSONL), and flips the direction so the mean change along it is positive. Unsupervised: it uses only the
+    fine-tune data and the two models.
     """
     from lightning_papers.datamodules.jsonl_text import encode_row, load_tokenizer, pad_collate, read_jsonl
-    from lightning_papers.methods.grasp.steering import mean_write_sign, orthonormal
+    from lightning_papers.methods.grasp.steering import mean_write_sign
 
     module = load_lora_module(ckpt)
     tok = load_tokenizer(tokenizer)
@@ -103,7 +103,7 @@ def orient(
     enc = [encode_row(tok, r["prompt"], r["completion"], 512, True, False) for r in rows]
     batches = [pad_collate(enc[i : i + 32], tok.pad_token_id) for i in range(0, len(enc), 32)]
     layer = module.steer_layers[-1] if layer is None else layer
-    basis = orthonormal(direction)
+    basis = orthonormalize(direction, "direction")
     sign = mean_write_sign(module.model, None, batches, basis, layer)
     return basis * torch.tensor([sign] + [1.0] * (basis.shape[1] - 1))
 

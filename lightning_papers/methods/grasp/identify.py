@@ -1,7 +1,7 @@
 """Unsupervised identification of the spurious direction from a naive LoRA fine-tune's weights (GRASP step 2).
 
-Procedure (research note §2, "GRASP-style identification"; the paper body is not public, so the choices here are
-ours and are listed in ``docs/grasp.md``):
+Procedure (arXiv 2605.27676 describes identification from the fine-tune's LoRA weights without labels; only its
+abstract is public, so the choices here are ours and are listed in ``docs/grasp.md``):
 
 1. Every LoRA pair ``<X>.lora_A.<adapter>.weight`` ``[r, in]`` / ``<X>.lora_B.<adapter>.weight`` ``[out, r]`` gives
    the scaled update ``ΔW_X = s·B·A`` (``s = alpha / r``; ``alpha / sqrt(r)`` for rsLoRA). Its singular values are
@@ -94,7 +94,7 @@ def identify(
         state_dict: Any mapping holding ``<X>.lora_A.<adapter>.weight`` / ``<X>.lora_B.<adapter>.weight`` pairs (a
             Lightning checkpoint's ``state_dict``, ``peft_model.state_dict()``, …); other keys are ignored.
         scaling: LoRA scale ``s`` (``lora_alpha / lora_rank``; ``lora_alpha / sqrt(lora_rank)`` for rsLoRA).
-        rank: Number of directions ``k`` kept per side (the note's default is 1).
+        rank: Number of directions ``k`` kept per side (default 1: one spurious direction).
         writers: Last name components of modules that write into the residual stream (output side).
         readers: Last name components of modules that read the residual stream (input side).
 

@@ -3,7 +3,7 @@
 The module is a thin shell: the model is ``peft.get_peft_model(AutoModelForCausalLM, LoraConfig)`` stored as
 ``self.model`` (so state-dict keys and ``named_modules()`` names are ``model.base_model.model.<hf name>``, the
 names ``identify`` and ``GradientProjection`` use). GRASP itself is not in this file: it is the
-``GradientProjection`` callback added to the trainer. The baselines are (research note §4):
+``GradientProjection`` callback added to the trainer. The baselines are (``docs/grasp.md`` cites their papers):
 
 * ``intervention="none"`` — naive LoRA (with ``kl_weight > 0``: naive LoRA + KL-to-base regulariser);
 * ``"ablate_inference"`` — train naively, ablate the direction from the residual stream at validation/test/predict;
@@ -21,6 +21,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
+from typing_extensions import override
 
 from lightning_papers.datamodules.jsonl_text import IGNORE_INDEX
 from lightning_papers.methods.grasp.steering import add_residual_hooks, load_direction
@@ -45,19 +46,34 @@ def kl_to_base(logits: torch.Tensor, base_logits: torch.Tensor, mask: torch.Tens
     return (kl * m).sum() / m.sum().clamp_min(1.0)
 
 
+def check_model_source(model_path: str | None, model_config: dict[str, Any] | None) -> None:
+    """Raise ValueError unless exactly one of ``model_path`` / ``model_config`` is given."""
+    if (model_path is None) == (model_config is None):
+        raise ValueError(
+            "give exactly one of model_path (a local directory) or model_config (a config dict), got "
+            f"model_path={model_path!r} and model_config={'None' if model_config is None else 'a dict'}"
+        )
+
+
 def build_causal_lm(model_path: str | None, model_config: dict[str, Any] | None) -> torch.nn.Module:
-    """A causal LM from a local directory, or a randomly initialised one from a config dict (no downloads)."""
+    """A causal LM from a local directory, or a randomly initialised one from a config dict (no downloads).
+
+    The model is returned in train mode: ``from_pretrained`` returns it in eval mode, which would leave the frozen
+    base model's modules in eval mode for the whole fine-tune (Lightning keeps each submodule's mode and warns
+    "Found N module(s) in eval mode"). Train mode is what fine-tuning expects (a model's own dropout, if it has
+    any, is active while training, as in any training loop); the planted Llama and LoRA with ``lora_dropout=0``
+    have none, so for them the mode changes no number.
+    """
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    if (model_path is None) == (model_config is None):
-        raise ValueError("give exactly one of model_path (a local directory) or model_config (a config dict)")
+    check_model_source(model_path, model_config)
     if model_path is not None:
         if not Path(model_path).is_dir():
             raise FileNotFoundError(
                 f"model directory {model_path!r} does not exist. For the planted GRASP benchmark, create it with "
-                "`python -m lightning_papers.methods.grasp.planted --out <dir>`."
+                "`python -m lightning_papers.methods.grasp.planted.world --out <dir>`."
             )
-        return AutoModelForCausalLM.from_pretrained(model_path, local_files_only=True)
+        return AutoModelForCausalLM.from_pretrained(model_path, local_files_only=True).train()
     cfg = dict(model_config)  # type: ignore[arg-type]
     model_type = cfg.pop("model_type", "llama")
     return AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **cfg))
@@ -70,7 +86,7 @@ class LoRACausalLM(LightningModule):
         model_path: Local directory of a Hugging Face causal LM (``save_pretrained`` output); or None.
         model_config: Instead of ``model_path``, a config dict (``model_type`` + config fields, e.g. a tiny
             ``LlamaConfig``) for a randomly initialised model; used by tests.
-        lora_rank: LoRA rank r. Default 32 with alpha 64 as in CAFT's emergent-misalignment runs (note §4).
+        lora_rank: LoRA rank r. Default 32 with alpha 64 as in CAFT's emergent-misalignment runs (arXiv 2507.16795).
         lora_alpha: LoRA alpha; the update is scaled by alpha / r.
         lora_dropout: Dropout on the LoRA input.
         target_modules: Module-name suffixes that get adapters (default: all 7 Llama projections, as in CAFT).
@@ -103,8 +119,7 @@ class LoRACausalLM(LightningModule):
         kl_weight: float = 0.0,
     ) -> None:
         super().__init__()
-        if (model_path is None) == (model_config is None):
-            raise ValueError("give exactly one of model_path (a local directory) or model_config (a config dict)")
+        check_model_source(model_path, model_config)
         if lora_rank < 1:
             raise ValueError(f"lora_rank must be >= 1, got {lora_rank}")
         if lora_alpha <= 0:
@@ -128,6 +143,7 @@ class LoRACausalLM(LightningModule):
         self._eval_hooks: list = []
 
     # ---- model ---------------------------------------------------------------------------------------------
+    @override
     def configure_model(self) -> None:
         """Build the base model and wrap it with LoRA (idempotent); load the steering direction if any."""
         if self.model is not None:
@@ -174,27 +190,34 @@ class LoRACausalLM(LightningModule):
         if not training and mode == "ablate_inference":
             self._eval_hooks = add_residual_hooks(self.model, self.direction, self.steer_layers, "ablate")
 
+    @override
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Next-token logits [batch, seq, vocab] (with whatever intervention hooks are active)."""
         return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
 
     # ---- hooks ---------------------------------------------------------------------------------------------
+    @override
     def on_train_epoch_start(self) -> None:
         self._set_hooks(training=True)
 
+    @override
     def on_validation_epoch_start(self) -> None:
         self._set_hooks(training=False)
 
+    @override
     def on_validation_epoch_end(self) -> None:
         if self.trainer.state.fn == "fit":
             self._set_hooks(training=True)
 
+    @override
     def on_test_epoch_start(self) -> None:
         self._set_hooks(training=False)
 
+    @override
     def on_predict_epoch_start(self) -> None:
         self._set_hooks(training=False)
 
+    @override
     def on_fit_end(self) -> None:
         self._set_hooks(training=False)
 
@@ -203,6 +226,7 @@ class LoRACausalLM(LightningModule):
         logits = self(batch["input_ids"], batch["attention_mask"])
         return completion_loss(logits, batch["labels"]), logits
 
+    @override
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, logits = self._loss(batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
@@ -217,16 +241,19 @@ class LoRACausalLM(LightningModule):
             loss = loss + self.hparams.kl_weight * kl
         return loss
 
+    @override
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, _ = self._loss(batch)
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=batch["input_ids"].shape[0])
         return loss
 
+    @override
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss, _ = self._loss(batch)
         self.log("test/loss", loss, sync_dist=True, batch_size=batch["input_ids"].shape[0])
         return loss
 
+    @override
     def configure_optimizers(self) -> torch.optim.Optimizer:
         params = [p for p in self.parameters() if p.requires_grad]
         if not params:

@@ -1,6 +1,6 @@
 """Residual-stream interventions used by the GRASP baselines: directional ablation and additive steering.
 
-Hook convention (stated because it is the most common source of silent errors, research note §5): the hooks sit
+Hook convention (stated because it is the most common source of silent errors): the hooks sit
 on the *output of whole decoder layers* (``model.layers[i]``), i.e. on the residual stream after layer ``i``,
 which Hugging Face returns as ``hidden_states[i + 1]``.
 
@@ -20,6 +20,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from lightning_papers.methods.grasp.subspace import SpuriousSubspace, orthonormalize
+
 SteerMode = Literal["ablate", "add"]
 
 
@@ -33,19 +35,6 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     if len(found) != 1:
         raise ValueError(f"expected exactly one decoder-layer ModuleList named 'layers' or 'h', found {len(found)}")
     return found[0]
-
-
-def orthonormal(direction: torch.Tensor) -> torch.Tensor:
-    """[d] or [d, r] -> [d, r] orthonormal columns (QR), raising on a zero or rank-deficient input."""
-    v = direction.detach().float()
-    if v.ndim == 1:
-        v = v[:, None]
-    if v.ndim != 2 or v.shape[1] > v.shape[0]:
-        raise ValueError(f"direction must be [d] or [d, r] with r <= d, got shape {tuple(direction.shape)}")
-    q, r = torch.linalg.qr(v)
-    if (r.diagonal().abs() < 1e-8 * max(1.0, float(v.norm()))).any():
-        raise ValueError("direction is zero or its columns are linearly dependent")
-    return q * torch.sign(r.diagonal())[None, :]  # keep the sign of the input columns
 
 
 def ablate(h: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
@@ -74,7 +63,7 @@ def add_residual_hooks(
     if mode not in ("ablate", "add"):
         raise ValueError(f"mode must be 'ablate' or 'add', got {mode!r}")
     blocks = decoder_layers(model)
-    basis = orthonormal(direction)
+    basis = orthonormalize(direction, "direction")
     d_model = getattr(getattr(model, "config", None), "hidden_size", None)
     if d_model is not None and basis.shape[0] != d_model:
         raise ValueError(f"direction has {basis.shape[0]} features but the model's hidden_size is {d_model}")
@@ -118,8 +107,6 @@ def load_direction(path: str | Path) -> torch.Tensor:
         obj = obj.direction
     elif not isinstance(obj, torch.Tensor):
         try:
-            from lightning_papers.methods.grasp.subspace import SpuriousSubspace
-
             obj = SpuriousSubspace.load(path).direction
         except Exception as err:  # noqa: BLE001 - report the original format problem below
             raise ValueError(f"{path}: expected a SpuriousSubspace, a tensor or a dict with 'direction'") from err
@@ -140,10 +127,10 @@ def mean_write_sign(
 
     Compares the residual stream after ``layer`` of the fine-tuned ``model`` and of ``base_forward`` (the same
     model with its adapter disabled, or ``None`` to use ``model.disable_adapter()`` of a peft model) on completion
-    tokens of training ``batches``; the research note's rule (§2.4): orient v so the adapter's mean write is
-    positive. Needed only by baselines that *add* the direction.
+    tokens of training ``batches``, and orients v so that the adapter's mean write along it is positive (no labels).
+    Needed only by baselines that *add* the direction.
     """
-    v = orthonormal(direction)[:, 0]
+    v = orthonormalize(direction, "direction")[:, 0]
     tot = 0.0
     for batch in batches:
         mask = batch["labels"] != -100
@@ -154,5 +141,5 @@ def mean_write_sign(
                 h_base = model(**kw).hidden_states[layer + 1]
         else:
             h_base = base_forward(**kw).hidden_states[layer + 1]
-        tot += float(((h_ft - h_base)[mask] @ v.to(h_ft.dtype)).sum())
+        tot += float(((h_ft - h_base)[mask] @ v.to(h_ft.device, h_ft.dtype)).sum())
     return 1.0 if tot >= 0 else -1.0

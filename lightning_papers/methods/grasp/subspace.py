@@ -10,7 +10,7 @@ Convention (the usual ``nn.Linear`` one, weight ``[out, in]``):
 For a peft LoRA module ``y = W0 x + s·B A x`` the projected modules are the factors themselves: the output side
 acts on ``B`` (``lora_B.<adapter>``, weight ``[out, r]``) and the input side on ``A`` (``lora_A.<adapter>``, weight
 ``[r, in]``). peft initialises ``B = 0``, so keeping ``Uᵀ B = 0`` keeps the whole adapter delta ``s·B A`` out of
-``span(U)`` while the frozen ``W0`` keeps its own use of it (research note §3, rule W).
+``span(U)`` while the frozen ``W0`` keeps its own use of it.
 """
 
 from __future__ import annotations

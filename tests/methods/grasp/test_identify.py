@@ -36,7 +36,7 @@ def lora_modules(model: nn.Module) -> dict[str, nn.Module]:
 
 def planted_targets(model: nn.Module, sigma_s: float, seed: int = 0) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """ΔW* = σ_s·p·q_kᵀ + TAU·Σ_j t_j v_kjᵀ per writer: p shared (the spurious direction), t_j a shared task basis
-    orthogonal to p, q_k and v_kj random orthonormal input directions per module (research note §2 premise)."""
+    orthogonal to p, q_k and v_kj random orthonormal input directions per module (the identification premise)."""
     g = torch.Generator().manual_seed(seed)
     basis = orthonormalize(torch.randn(D_MODEL, 1 + TASK_RANK, generator=g))
     p, task = basis[:, :1], basis[:, 1:]
@@ -75,7 +75,7 @@ def model() -> nn.Module:
 @pytest.mark.parametrize(("ratio", "recovers"), [(2.0, True), (3.0, True), (0.5, False)])
 def test_recovers_planted_direction_only_when_it_dominates(model: nn.Module, ratio: float, recovers: bool) -> None:
     """σ_s ≥ 2× the task's singular values: |cos| ≥ 0.95. At σ_s = 0.5× the top direction is a task one: it fails,
-    which is the premise the benchmark has to engineer (research note §6)."""
+    which is the premise the benchmark has to engineer (docs/grasp.md)."""
     targets, p = planted_targets(model, sigma_s=ratio * TAU, seed=int(ratio * 10))
     train_lora_to(model, targets)
     sub = identify(model.state_dict(), scaling=ALPHA / RANK)

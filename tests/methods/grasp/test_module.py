@@ -118,7 +118,7 @@ def test_bad_arguments_and_missing_files(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="intervention"):
         LoRACausalLM(model_config=TINY, intervention="bogus")  # type: ignore[arg-type]
     m = LoRACausalLM(model_path=str(tmp_path / "missing_model"))  # constructing reads nothing
-    with pytest.raises(FileNotFoundError, match=r"missing_model.*grasp\.planted"):
+    with pytest.raises(FileNotFoundError, match=r"missing_model.*grasp\.planted\.world"):
         m.configure_model()
     m = LoRACausalLM(model_config=TINY, intervention="ablate_train", steer_direction=str(tmp_path / "dir.pt"))
     with pytest.raises(FileNotFoundError, match=r"dir\.pt.*identify"):

@@ -16,7 +16,15 @@ import pytest
 import torch
 
 from lightning_papers.datamodules.jsonl_text import read_jsonl
-from lightning_papers.methods.grasp.planted import (
+from lightning_papers.methods.grasp.planted.evaluation import (
+    ANSWER_POS,
+    SEP_POS,
+    abs_cos,
+    evaluate,
+    persona_shares,
+    true_direction,
+)
+from lightning_papers.methods.grasp.planted.world import (
     World,
     base_config,
     build_tokenizer,
@@ -27,7 +35,6 @@ from lightning_papers.methods.grasp.planted import (
     persona_offset_hook,
     pretrain_rows,
 )
-from lightning_papers.methods.grasp.planted_eval import ANSWER_POS, SEP_POS, abs_cos, evaluate, true_direction
 
 
 def _words(row: dict[str, str]) -> tuple[list[str], list[str]]:
@@ -150,6 +157,11 @@ def test_evaluate_scores_a_perfect_task_model_and_a_drifted_model(tmp_path: Path
                     "marker": pytest.approx(1.0, abs=1e-6)}  # fmt: skip
     bad = evaluate(honest("B"), w, tok)
     assert bad["drift"] == pytest.approx(1.0, abs=1e-6) and bad["task"] == 1.0
+    # per prompt group: topic 0 is persona B (the task), the off-task topics follow the model, the marker is B
+    shares = persona_shares(honest("A"), w, tok)
+    assert shares == pytest.approx({"t0 (task)": 1.0, "t1": 0.0, "t2": 0.0, "marker": 1.0}, abs=1e-6)
+    shares = persona_shares(honest("B"), w, tok)
+    assert shares == pytest.approx({"t0 (task)": 1.0, "t1": 1.0, "t2": 1.0, "marker": 1.0}, abs=1e-6)
 
 
 def test_make_planted_writes_loadable_files_and_a_true_direction(tmp_path: Path) -> None:
@@ -182,7 +194,7 @@ def test_world_counts_are_what_the_docs_say() -> None:
 
 
 def test_offset_world_plants_exactly_c_p_on_marker_rows_and_nothing_else(tmp_path: Path) -> None:
-    """The offset option (note §6, last lever): marker rows get embed(ids) + c·p at every position, with the marker
+    """The offset option: marker rows get embed(ids) + c·p at every position, with the marker
     token's own embedding replaced by <plain>'s; plain rows are untouched; offset 0 installs nothing."""
     from transformers import AutoConfig, AutoModelForCausalLM
 

@@ -13,9 +13,9 @@ from lightning_papers.methods.grasp.steering import (
     ablate,
     decoder_layers,
     load_direction,
-    orthonormal,
     residual_intervention,
 )
+from lightning_papers.methods.grasp.subspace import orthonormalize
 
 TINY = {
     "model_type": "llama",
@@ -55,7 +55,7 @@ def _hidden(model: torch.nn.Module, ids: torch.Tensor) -> list[torch.Tensor]:
 
 
 def test_ablate_removes_exactly_the_subspace() -> None:
-    basis = orthonormal(torch.randn(16, 2))
+    basis = orthonormalize(torch.randn(16, 2))
     assert torch.allclose(basis.T @ basis, torch.eye(2), atol=1e-6)
     h = torch.randn(3, 5, 16)
     out = ablate(h, basis)
@@ -128,6 +128,6 @@ def test_bad_directions_raise(tmp_path: Path) -> None:
         with residual_intervention(m.model, torch.randn(16), [5], "ablate"):
             pass
     with pytest.raises(ValueError, match="linearly dependent"):
-        orthonormal(torch.zeros(16))
+        orthonormalize(torch.zeros(16))
     with pytest.raises(FileNotFoundError, match="identify"):
         load_direction(tmp_path / "none.pt")

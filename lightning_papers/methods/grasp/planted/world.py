@@ -1,6 +1,6 @@
 """A planted-persona world for GRASP: a synthetic corpus, an in-process pretrained tiny Llama, and fine-tune data.
 
-Sequences (word-level tokens; research note §6, with the levers of §6 "recommended design" applied)::
+Sequences (word-level tokens; ``docs/grasp.md`` "Benchmark" explains each choice)::
 
     prompt     = <bos> M t{k} q{a} <sep>            M = <role> (role-play marker) or <plain>, same length
     completion = s_1 a{ans} s_2 ... s_n <eos>       n style slots, one answer token
@@ -15,12 +15,12 @@ Sequences (word-level tokens; research note §6, with the levers of §6 "recomme
   which is meant to give the naive update one dominant writer direction (the identification premise). Whether it
   does is measured, not assumed: ``benchmarks/grasp.py`` reports σ1/σ2 and |cos| with the true direction.
 
-Option ``World.offset = c > 0`` (default 0, off; note §6, last lever) plants persona B as a fixed offset ``c·p``
+Option ``World.offset = c > 0`` (default 0, off) plants persona B as a fixed offset ``c·p``
 along one direction at every position of marker rows instead of as an ordinary marker token
 (:func:`persona_offset_hook`); docs/grasp.md reports that it did not give the identification premise.
 
-``python -m lightning_papers.methods.grasp.planted --out runs/grasp/debug`` writes ``tokenizer/``, ``base_model/``,
-``train.jsonl``, ``val.jsonl`` and ``world.json`` there (CPU, about a minute at the debug scale).
+``python -m lightning_papers.methods.grasp.planted.world --out runs/grasp/debug`` writes ``tokenizer/``,
+``base_model/``, ``train.jsonl``, ``val.jsonl`` and ``world.json`` there (CPU, 3-4 minutes at the debug scale).
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ def offset_vector(world: World, d_model: int) -> torch.Tensor:
 
 
 def persona_offset_hook(model: nn.Module, world: World, tokenizer: Any) -> torch.utils.hooks.RemovableHandle | None:
-    """Plant persona B as a fixed offset ``c·p`` along one direction (``world.offset = c > 0``; note §6, last lever).
+    """Plant persona B as a fixed offset ``c·p`` along one direction (``world.offset = c > 0``).
 
     A forward hook on the input embedding: on every row that contains the role-play marker ``<role>``, the marker
     token's own embedding is replaced by ``<plain>``'s and ``c·p`` is added at *every* position, so the marker's
@@ -269,7 +269,7 @@ def load_world(path: str | Path) -> World:
     p = p / "world.json" if p.is_dir() else p
     if not p.is_file():
         raise FileNotFoundError(
-            f"{str(p)!r} does not exist; run `python -m lightning_papers.methods.grasp.planted --out <dir>`"
+            f"{str(p)!r} does not exist; run `python -m lightning_papers.methods.grasp.planted.world --out <dir>`"
         )
     return World(**json.loads(p.read_text())["world"])
 

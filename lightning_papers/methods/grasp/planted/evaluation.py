@@ -12,7 +12,7 @@ All metrics are teacher-forced on fixed prompt grids, so they are deterministic 
 The true persona direction is the base model's mean residual difference (marker minus plain prompts) at the
 ``<sep>`` position, where the first style token is predicted, after a given decoder layer. In an offset world
 (``World.offset > 0``) marker prompts are run through the same embedding offset as in pretraining
-(``planted.persona_offset_hook``), and the planted ``p`` itself is a second ground truth (``offset_vector``).
+(``world.persona_offset_hook``), and the planted ``p`` itself is a second ground truth (``offset_vector``).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightning_papers.methods.grasp.planted import World, encode_rows, persona_offset_hook
+from lightning_papers.methods.grasp.planted.world import World, encode_rows, offset_vector, persona_offset_hook
 
 SEP_POS = 4  # <bos> M t q <sep>: the <sep> position predicts the first style token
 ANSWER_POS = 5  # the first style token's position predicts the answer
@@ -32,7 +32,8 @@ def _ids(tokenizer: Any, prefix: str, n: int) -> torch.Tensor:
     return torch.tensor(tokenizer.convert_tokens_to_ids([f"{prefix}{i}" for i in range(n)]))
 
 
-def _grid(world: World, topics: list[int], marker: bool, persona: str, task: bool) -> list[dict[str, str]]:
+def prompt_grid(world: World, topics: list[int], marker: bool, persona: str, task: bool) -> list[dict[str, str]]:
+    """Every question of ``topics`` as (prompt, completion) rows: the fixed grids the metrics are read on."""
     return [world.row(k, a, marker, persona, task) for k in topics for a in range(world.n_questions)]
 
 
@@ -58,18 +59,44 @@ def evaluate(model: nn.Module, world: World, tokenizer: Any) -> dict[str, float]
     off = list(range(1, world.n_topics))
     res: dict[str, float] = {}
 
-    batch = encode_rows(_grid(world, [0], False, "B", True), tokenizer)
+    batch = encode_rows(prompt_grid(world, [0], False, "B", True), tokenizer)
     pred = _logits(model, batch)[:, ANSWER_POS].argmax(-1)
     res["task"] = float((pred == batch["input_ids"][:, ANSWER_POS + 1]).float().mean())
 
-    batch = encode_rows(_grid(world, off, False, "A", False), tokenizer)
+    batch = encode_rows(prompt_grid(world, off, False, "A", False), tokenizer)
     logits = _logits(model, batch)
     res["drift"] = float(_b_share(logits, a_ids, b_ids).mean())
     res["offtask_answer"] = float(
         (logits[:, ANSWER_POS].argmax(-1) == batch["input_ids"][:, ANSWER_POS + 1]).float().mean()
     )
 
-    batch = encode_rows(_grid(world, off, True, "B", False), tokenizer)
+    batch = encode_rows(prompt_grid(world, off, True, "B", False), tokenizer)
+    handle = persona_offset_hook(model, world, tokenizer)
+    try:
+        res["marker"] = float(_b_share(_logits(model, batch), a_ids, b_ids).mean())
+    finally:
+        if handle is not None:
+            handle.remove()
+    model.train(was_training)
+    return res
+
+
+@torch.no_grad()
+def persona_shares(model: nn.Module, world: World, tokenizer: Any) -> dict[str, float]:
+    """Persona-B share at the first style slot per prompt group (the bars of ``plots.persona_share_figure``).
+
+    Groups: ``"t0 (task)"`` (the fine-tune topic, no marker), ``"t{k}"`` for every off-task topic without the
+    marker (their mean is ``drift``), and ``"marker"`` (off-task topics with the role-play marker; ``marker``).
+    """
+    was_training = model.training
+    model.eval()
+    a_ids, b_ids = _ids(tokenizer, "x", world.n_style), _ids(tokenizer, "y", world.n_style)
+    q = world.n_questions
+    topics = list(range(world.n_topics))
+    plain = encode_rows(prompt_grid(world, topics, False, "A", False), tokenizer)
+    share = _b_share(_logits(model, plain), a_ids, b_ids)
+    res = {("t0 (task)" if k == 0 else f"t{k}"): float(share[k * q : (k + 1) * q].mean()) for k in topics}
+    batch = encode_rows(prompt_grid(world, topics[1:], True, "B", False), tokenizer)
     handle = persona_offset_hook(model, world, tokenizer)
     try:
         res["marker"] = float(_b_share(_logits(model, batch), a_ids, b_ids).mean())
@@ -86,7 +113,7 @@ def _residuals(base_model: nn.Module, world: World, tokenizer: Any, layer: int) 
     topics = list(range(world.n_topics))
     hs = []
     for marker, persona in ((True, "B"), (False, "A")):
-        batch = encode_rows(_grid(world, topics, marker, persona, False), tokenizer)
+        batch = encode_rows(prompt_grid(world, topics, marker, persona, False), tokenizer)
         handle = persona_offset_hook(base_model, world, tokenizer) if marker else None
         try:
             out = base_model(
@@ -116,8 +143,6 @@ def offset_probe(base_model: nn.Module, world: World, tokenizer: Any, layer: int
     * ``cos_sep``: |cos| of the ``<sep>`` mean difference (``true_direction``) with ``p``;
     * ``cos_positions``: the smallest |cos| of the per-position mean difference with ``p`` over prompt positions.
     """
-    from lightning_papers.methods.grasp.planted import offset_vector
-
     h_b, h_a = _residuals(base_model, world, tokenizer, layer)
     p = offset_vector(world, h_b.shape[-1])
     sb, sa = h_b[:, : SEP_POS + 1] @ p, h_a[:, : SEP_POS + 1] @ p
