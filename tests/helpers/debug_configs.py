@@ -27,6 +27,11 @@ CASES: dict[str, tuple[dict[str, object], int, int]] = {
         "model.config.steps": 40, "model.config.max_points": 200, "model.config.cycle_steps": 20,
         "data.steps_per_epoch": 15, "data.t_end": 5.0, "trainer.check_val_every_n_epoch": 1,
     }, 35, 40),
+    "drum/debug.yaml": ({
+        "data.n_source": 400, "data.n_target": 400, "data.n_eval": 400, "data.steps_per_epoch": 10,
+        "model.nuisance_steps": 40, "model.warm_start_steps": 10, "model.batch_size": 64,
+        "trainer.max_epochs": 3, "trainer.check_val_every_n_epoch": 1,
+    }, 15, 30),
 }
 
 
