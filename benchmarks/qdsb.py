@@ -1,10 +1,11 @@
-"""QDSB benchmark (issue 5): coupling quality, coupling speed, and SF2M end to end, all baselines in one run.
+"""QDSB benchmark: coupling quality, coupling speed, and SF2M end to end, baselines and a peer library in one run.
 
 a  Coupling quality at N = 2048 (8 Gaussians -> moons): exact expected squared cost of QDSB (k = 16..1024, exact
    and Sinkhorn anchor plans) vs the full exact OT plan, minibatch OT (B = 64, 256, 1024) and independent pairs.
 b  Speed: wall time per training step spent on the coupling (B = 256), N = 10^3 .. 10^6: QDSB draw vs minibatch
-   exact OT (``ot.emd``) vs minibatch log-domain Sinkhorn, as ratios measured in the same run; plus the one-off
-   QDSB fit (anchors + plan) and one SF2M network step for scale.
+   exact OT (``ot.emd``) vs minibatch log-domain Sinkhorn vs the peer a user would otherwise pick, TorchCFM's
+   ``OTPlanSampler("exact").sample_plan`` (if ``torchcfm`` is installed), as ratios measured in the same run;
+   plus the one-off QDSB fit (anchors + plan) and one SF2M network step for scale.
 c  End to end: SF2M with QDSB vs minibatch-OT pairs, 3 seeds, the same wall-clock training budget, on
    8 Gaussians -> moons and Gauss -> Gauss (d = 5). W1 / MMD on held-out points during training (evaluation time
    is not counted); from the curves: the metrics at equal wall time, at equal steps, and time to reach
@@ -13,6 +14,10 @@ c  End to end: SF2M with QDSB vs minibatch-OT pairs, 3 seeds, the same wall-cloc
     .venv/bin/python benchmarks/qdsb.py            # CPU tier, about 10-15 minutes on a 2-core shared CPU
     .venv/bin/python benchmarks/qdsb.py --quick    # smoke run, about 1-2 minutes (writes under runs/)
     .venv/bin/python benchmarks/qdsb.py --tier gpu --device cuda   # GPU tier: N up to 10^6, d up to 512 (b only)
+    .venv/bin/python benchmarks/qdsb.py --parts b   # re-run part b only; parts a and c stay in the JSON as they were
+
+The TorchCFM peer is optional (``pip install torchcfm``; ``--no-deps`` is enough, since only its
+``torchcfm.optimal_transport`` module is used); without it the peer column is left empty.
 
 Everything runs with one torch thread (``torch.set_num_threads(1)``) and POT's single-threaded ``ot.emd``.
 Writes ``benchmarks/results/qdsb.json`` (``qdsb_gpu.json`` for the GPU tier) and ``docs/figures/qdsb_*.png``.
@@ -87,6 +92,15 @@ def part_a(quick: bool) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------------- b: speed
+def torchcfm_sampler() -> Any:
+    """TorchCFM's exact minibatch OT sampler, or None when ``torchcfm`` is not installed."""
+    try:
+        from torchcfm.optimal_transport import OTPlanSampler
+    except ImportError:
+        return None
+    return OTPlanSampler(method="exact")
+
+
 def time_calls(fn: Any, reps: int, device: torch.device) -> float:
     """Median seconds per call over ``reps`` calls (after one warm-up call)."""
     fn()
@@ -137,6 +151,15 @@ def part_b(quick: bool, device: torch.device, ns: list[int], dims: list[int]) ->
             mb_s = MinibatchOTCoupling(batch, ot="sinkhorn", epsilon=eps).fit(x0, x1)
             reps_s = 3 if quick else 8
             row["minibatch_sinkhorn_ms"] = 1e3 * time_calls(lambda mb_s=mb_s: mb_s.sample(batch), reps_s, device)
+            peer = torchcfm_sampler()
+            if peer is not None:  # what a TorchCFM user runs per step: two random batches, then sample_plan
+
+                def torchcfm_step(x0: torch.Tensor = x0, x1: torch.Tensor = x1, peer: Any = peer) -> None:
+                    j0 = torch.randint(x0.shape[0], (batch,), device=x0.device)
+                    j1 = torch.randint(x1.shape[0], (batch,), device=x1.device)
+                    peer.sample_plan(x0[j0], x1[j1])
+
+                row["torchcfm_ms"] = 1e3 * time_calls(torchcfm_step, 5 if quick else 15, device)
             if device.type == "cpu":  # TorchCFM's own baseline: POT's (non-log) ot.sinkhorn on a numpy batch
                 import ot
 
@@ -156,21 +179,31 @@ def part_b(quick: bool, device: torch.device, ns: list[int], dims: list[int]) ->
                 del qs
             row["emd_over_qdsb"] = row["minibatch_emd_ms"] / row["qdsb_draw_ms"]
             row["sinkhorn_over_qdsb"] = row["minibatch_sinkhorn_ms"] / row["qdsb_draw_ms"]
+            if "torchcfm_ms" in row:
+                row["torchcfm_over_qdsb"] = row["torchcfm_ms"] / row["qdsb_draw_ms"]
             rows.append(row)
             print(
                 f"  b  N={n:>8d} d={d:<3d} QDSB draw {row['qdsb_draw_ms']:.3f} ms"
                 f" | mb EMD {row['minibatch_emd_ms']:.2f} ms"
                 f" ({row['emd_over_qdsb']:.0f}x) | mb Sinkhorn {row['minibatch_sinkhorn_ms']:.2f} ms"
                 f" ({row['sinkhorn_over_qdsb']:.0f}x) | QDSB fit {fit_s:.2f}s"
+                + (f" | TorchCFM {row['torchcfm_ms']:.2f} ms ({row['torchcfm_over_qdsb']:.0f}x)" if peer else "")
             )
-    return {"batch": batch, "k": k, "device": str(device), "net_step_ms": 1e3 * net_s, "rows": rows}
+    try:
+        from importlib.metadata import version
+
+        peer_version = version("torchcfm")
+    except Exception:  # noqa: BLE001 - not installed
+        peer_version = None
+    return {"batch": batch, "k": k, "device": str(device), "net_step_ms": 1e3 * net_s, "rows": rows,
+            "torchcfm": peer_version}  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------------- c: end to end
 def gauss_task(seed: int, n: int, n_eval: int) -> dict[str, Any]:
     dm = GaussianPairDataModule(dim=5, shift=3.0, n_train=n, n_val=n_eval, seed=seed)
     dm.setup("fit")
-    fresh = dm._draw(dm.m1, dm.cov1, n_eval).float()  # the generator has moved on: new samples, same law
+    fresh = dm.draw(dm.m1, dm.cov1, n_eval).float()  # the generator has moved on: new samples, same law
     return {"x0": dm.train_source, "x1": dm.train_target, "v0": dm.val_source, "v1": dm.val_target,
             "sigma": 0.5, "target": (dm.m1, dm.cov1), "fresh_target": fresh}  # fmt: skip
 
@@ -298,6 +331,8 @@ def figures(res: dict[str, Any], fig_dir: Path, suffix: str = "") -> None:
             ax.plot(ns, [r["qdsb_draw_ms"] for r in rr], "o-", label=f"QDSB draw (d={d})")
             ax.plot(ns, [r["minibatch_emd_ms"] for r in rr], "s--", label=f"minibatch EMD (d={d})")
             ax.plot(ns, [r["minibatch_sinkhorn_ms"] for r in rr], "^:", label=f"minibatch log-Sinkhorn (d={d})")
+            if "torchcfm_ms" in rr[0]:
+                ax.plot(ns, [r["torchcfm_ms"] for r in rr], "D-.", label=f"TorchCFM OTPlanSampler exact (d={d})")
             if "pot_sinkhorn_ms" in rr[0]:
                 ax.plot(ns, [r["pot_sinkhorn_ms"] for r in rr], "v:", label=f"minibatch POT ot.sinkhorn (d={d})")
         ax.axhline(res["b"]["net_step_ms"], c="0.5", lw=0.8, label="SF2M network step")
@@ -306,7 +341,7 @@ def figures(res: dict[str, Any], fig_dir: Path, suffix: str = "") -> None:
         ax.set_xlabel("points per side N")
         ax.set_ylabel("coupling ms per step (B=256)")
         ax.set_title(f"(b) coupling time per step, {res['b']['device']}", fontsize=9)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
         fig.savefig(fig_dir / f"qdsb_speed{suffix}.png", dpi=110, bbox_inches="tight")
         plt.close(fig)
     if "c" in res:
@@ -371,7 +406,14 @@ def main() -> None:
         out_dir = ROOT / "runs" / "qdsb_bench_quick" if args.quick else ROOT / "benchmarks" / "results"
         fig_dir = out_dir if args.quick else FIG
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / f"{name}.json").write_text(json.dumps(res, indent=1))
+        path = out_dir / f"{name}.json"
+        if set(args.parts) != set("abc") and path.exists():  # a partial re-run updates its parts only
+            old = json.loads(path.read_text())
+            dates = old.pop("part_dates", {p: old.get("date") for p in "abc" if p in old})
+            dates.update({p: res["date"] for p in args.parts if p in res})
+            res = {**old, **res, "part_dates": dates}
+            res["command"] = f"{old.get('command')}; then {res['command']} --parts {args.parts}"
+        path.write_text(json.dumps(res, indent=1))
         figures(res, fig_dir, name[4:])
         print(f"wrote {out_dir / f'{name}.json'} and figures under {fig_dir}")
 

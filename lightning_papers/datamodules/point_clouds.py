@@ -2,9 +2,11 @@
 
 A datamodule here holds two *unpaired* clouds, ``train_source``/``train_target`` and held-out
 ``val_source``/``val_target`` (float32 ``(N, d)`` tensors). The method draws its own pairs from them (a coupling),
-so the train loader is a clock of ``steps_per_epoch`` dummy batches and the val loader a single dummy batch.
+so the train loader is a clock of ``steps_per_epoch`` dummy batches (:class:`StepClock`, which resumes
+mid-epoch from a checkpoint) and the val loader a single dummy batch.
 
-Gaussian ground truth (research note §4; Janati et al. 2020, Mallasto et al. 2022, Bunne et al. 2023): for
+Gaussian ground truth (Janati et al. 2020, arXiv 2006.02572; Mallasto et al. 2022; Bunne et al. 2023,
+arXiv 2205.14581): for
 mu = N(m0, A), nu = N(m1, B), squared cost and regulariser epsilon = 2 sigma^2, the entropic OT plan is Gaussian
 with cross-covariance C = 1/2 A^{1/2} D A^{-1/2} - sigma^2/2 I, D = (4 A^{1/2} B A^{1/2} + sigma^4 I)^{1/2}, and
 the Schrödinger bridge with reference sigma W has marginals N((1-t) m0 + t m1, Sigma_t) with
@@ -13,8 +15,11 @@ Sigma_t = (1-t)^2 A + t^2 B + t(1-t)(C + C^T) + sigma^2 t(1-t) I.
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -88,7 +93,7 @@ def load_points(path: str | Path, key: str | None = None) -> torch.Tensor:
     return x
 
 
-def _sqrtm(m: torch.Tensor, power: float = 0.5) -> torch.Tensor:
+def sqrtm_psd(m: torch.Tensor, power: float = 0.5) -> torch.Tensor:
     """``m ** power`` of a symmetric positive (semi-)definite matrix, via its eigendecomposition."""
     w, v = torch.linalg.eigh((m + m.T) / 2)
     return (v * w.clamp_min(0.0) ** power) @ v.T
@@ -97,8 +102,8 @@ def _sqrtm(m: torch.Tensor, power: float = 0.5) -> torch.Tensor:
 def entropic_cross_covariance(a: torch.Tensor, b: torch.Tensor, sigma: float) -> torch.Tensor:
     """Cross-covariance C of the entropic OT plan (epsilon = 2 sigma^2) between N(., a) and N(., b) (module doc)."""
     a, b = a.double(), b.double()
-    a_half, a_mhalf = _sqrtm(a), _sqrtm(a, -0.5)
-    d = _sqrtm(4 * a_half @ b @ a_half + sigma**4 * torch.eye(a.shape[0], dtype=a.dtype))
+    a_half, a_mhalf = sqrtm_psd(a), sqrtm_psd(a, -0.5)
+    d = sqrtm_psd(4 * a_half @ b @ a_half + sigma**4 * torch.eye(a.shape[0], dtype=a.dtype))
     return 0.5 * a_half @ d @ a_mhalf - 0.5 * sigma**2 * torch.eye(a.shape[0], dtype=a.dtype)
 
 
@@ -129,6 +134,42 @@ class _Steps(Dataset):
         return torch.tensor(i)
 
 
+class StepClock(DataLoader):
+    """A ``DataLoader`` of ``len(dataset)`` dummy batches per epoch that resumes in the middle of an epoch.
+
+    Lightning saves ``state_dict()`` of a training loader that has one in the checkpoint and calls
+    ``load_state_dict`` before iterating again, so a run stopped after k of n steps plays the remaining n - k
+    steps of that epoch on resume (a plain ``DataLoader`` would replay all n). Lightning fetches from a sized
+    loader only when a step consumes the batch (no prefetch), so "served" equals "consumed". Extra keyword
+    arguments go to ``DataLoader`` (Lightning re-creates the loader with a ``DistributedSampler`` under DDP).
+    """
+
+    def __init__(self, dataset: Dataset, **kwargs: Any) -> None:
+        super().__init__(dataset, **kwargs)
+        self.served = 0  # batches handed out in the current epoch
+        self.skip = 0  # batches the next epoch's iterator skips (set by load_state_dict)
+
+    @classmethod
+    def of(cls, steps: int) -> StepClock:
+        """A clock of ``steps`` batches of size 1 (the batch is the step's index in the epoch)."""
+        return cls(_Steps(steps), batch_size=1)
+
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
+        skip, self.skip = self.skip, 0
+        self.served = skip
+        for batch in itertools.islice(super().__iter__(), skip, None):
+            self.served += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        return {"served": self.served}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        served = int(state["served"])
+        self.served = served
+        self.skip = served if 0 < served < len(self) else 0  # a finished epoch restarts from its beginning
+
+
 class PointCloudPairBase(LightningDataModule):
     """Shared part: holds the four clouds and serves the step clock (see module doc)."""
 
@@ -138,6 +179,9 @@ class PointCloudPairBase(LightningDataModule):
             raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
         self.steps_per_epoch, self.seed = steps_per_epoch, seed
         self.train_source: torch.Tensor | None = None
+        self.train_target: torch.Tensor | None = None
+        self.val_source: torch.Tensor | None = None
+        self.val_target: torch.Tensor | None = None
 
     def make_clouds(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Return ``(train_source, train_target, val_source, val_target)``."""
@@ -158,7 +202,7 @@ class PointCloudPairBase(LightningDataModule):
         return int(self.train_source.shape[1])  # type: ignore[union-attr]
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(_Steps(self.steps_per_epoch), batch_size=1)
+        return StepClock.of(self.steps_per_epoch)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(_Steps(1), batch_size=1)
@@ -270,16 +314,17 @@ class GaussianPairDataModule(PointCloudPairBase):
             self.cov0, self.cov1 = random_spd(dim, 0.25, 2.25, g), random_spd(dim, 0.25, 2.25, g)
         self._g = g
 
-    def _draw(self, mean: torch.Tensor, cov: torch.Tensor, n: int) -> torch.Tensor:
-        return mean + torch.randn(n, mean.shape[0], generator=self._g, dtype=torch.float64) @ _sqrtm(cov)
+    def draw(self, mean: torch.Tensor, cov: torch.Tensor, n: int) -> torch.Tensor:
+        """``n`` samples of N(mean, cov) from this datamodule's generator (float64)."""
+        return mean + torch.randn(n, mean.shape[0], generator=self._g, dtype=torch.float64) @ sqrtm_psd(cov)
 
     def make_clouds(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         self._g.manual_seed(self.seed + 1)
         return (
-            self._draw(self.m0, self.cov0, self.n_train),
-            self._draw(self.m1, self.cov1, self.n_train),
-            self._draw(self.m0, self.cov0, self.n_val),
-            self._draw(self.m1, self.cov1, self.n_val),
+            self.draw(self.m0, self.cov0, self.n_train),
+            self.draw(self.m1, self.cov1, self.n_train),
+            self.draw(self.m0, self.cov0, self.n_val),
+            self.draw(self.m1, self.cov1, self.n_val),
         )
 
     def sb_marginal(self, t: float, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:

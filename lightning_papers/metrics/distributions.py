@@ -5,7 +5,8 @@
 * :func:`mmd_rbf`: RBF-kernel MMD with the median heuristic gamma = 1 / median squared pairwise distance
   (pooled samples), unbiased MMD^2 then the square root of its positive part (QDSB's definition).
 * :func:`energy_distance`: 2 E|X - Y| - E|X - X'| - E|Y - Y'| (Székely), within-set terms without the diagonal.
-* :class:`SampleDistance`: any of the four above as a torchmetrics ``Metric`` (streamed, synced across ranks).
+* :class:`SampleDistance`: any of the four above as a torchmetrics ``Metric`` (streamed, synced across ranks);
+  ``SF2MModule`` scores its validation with it.
 * :func:`gaussian_kl` and the :class:`GaussianKL` metric: KL(N(fitted) || N(target)) of the samples' moment-fitted
   Gaussian against a known Gaussian, e.g. the closed-form SB marginal ([SF]2M Table 3 scores Gaussians this way).
 """
@@ -16,6 +17,7 @@ from typing import Literal
 
 import torch
 from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
 
 
 def _check_samples(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -118,8 +120,10 @@ class GaussianKL(Metric):
         d = mean.shape[0]
         if mean.ndim != 1 or cov.shape != (d, d):
             raise ValueError(f"mean must be (d,) and cov (d, d); got {tuple(mean.shape)} and {tuple(cov.shape)}")
-        self.register_buffer("target_mean", mean.double().clone())
-        self.register_buffer("target_cov", cov.double().clone())
+        # not persistent: the target comes from the constructor, so checkpoints of a module holding the metric
+        # load into a module built without it
+        self.register_buffer("target_mean", mean.double().clone(), persistent=False)
+        self.register_buffer("target_cov", cov.double().clone(), persistent=False)
         self.add_state("count", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("s1", torch.zeros(d, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("s2", torch.zeros(d, d, dtype=torch.float64), dist_reduce_fx="sum")
@@ -170,10 +174,9 @@ class SampleDistance(Metric):
         self.target.append(target.detach())
 
     def compute(self) -> torch.Tensor:
-        if not self.generated:
+        if isinstance(self.generated, list) and not self.generated:  # after a DDP sync the states are tensors
             raise RuntimeError("SampleDistance.compute() called before any update()")
-        x = torch.cat(self.generated) if isinstance(self.generated, list) else self.generated
-        y = torch.cat(self.target) if isinstance(self.target, list) else self.target
+        x, y = dim_zero_cat(self.generated), dim_zero_cat(self.target)
         if self.kind in ("w1", "w2"):
             value = wasserstein(x, y, 1 if self.kind == "w1" else 2)
         elif self.kind == "mmd":

@@ -13,6 +13,7 @@ from lightning_papers.datamodules.point_clouds import (
     TOYS,
     GaussianPairDataModule,
     PointCloudPairDataModule,
+    StepClock,
     entropic_cross_covariance,
     entropic_ot_cost,
     load_points,
@@ -139,3 +140,19 @@ def test_step_clock_and_argument_checks() -> None:
         PointCloudPairDataModule(steps_per_epoch=0)
     with pytest.raises(ValueError, match="val_fraction must be in"):
         PointCloudPairDataModule(val_fraction=1.0)
+
+
+def test_step_clock_resumes_in_the_middle_of_an_epoch() -> None:
+    clock = StepClock.of(5)
+    it = iter(clock)
+    assert [int(next(it)) for _ in range(2)] == [0, 1]
+    state = clock.state_dict()
+    assert state == {"served": 2}
+    resumed = StepClock.of(5)
+    resumed.load_state_dict(state)
+    assert [int(b) for b in resumed] == [2, 3, 4]  # the rest of the interrupted epoch
+    assert [int(b) for b in resumed] == [0, 1, 2, 3, 4]  # then whole epochs again
+    assert resumed.state_dict() == {"served": 5}
+    finished = StepClock.of(5)
+    finished.load_state_dict({"served": 5})  # saved at an epoch end: the next epoch is a whole one
+    assert [int(b) for b in finished] == [0, 1, 2, 3, 4]

@@ -32,6 +32,19 @@ def check_pair(x0: torch.Tensor, x1: torch.Tensor) -> None:
         raise ValueError(f"x0 and x1 must be on the same device, got {x0.device} and {x1.device}")
 
 
+def check_ot(ot: str, epsilon: float | None) -> None:
+    """The plan solver is ``exact`` or ``sinkhorn``, and Sinkhorn has a positive epsilon."""
+    if ot not in ("exact", "sinkhorn"):
+        raise ValueError(f"ot must be 'exact' or 'sinkhorn', got {ot!r}")
+    if ot == "sinkhorn" and (epsilon is None or epsilon <= 0):
+        raise ValueError(f"ot='sinkhorn' needs epsilon > 0 (the [SF]2M choice is 2 * sigma**2), got {epsilon}")
+
+
+def describe_ot(ot: str, epsilon: float | None) -> str:
+    """``"exact OT"`` or ``"sinkhorn OT, epsilon=..."`` for log lines."""
+    return f"{ot} OT" + (f", epsilon={epsilon:g}" if ot == "sinkhorn" else "")
+
+
 class Coupling:
     """Base class: subclasses implement ``fit``, ``sample`` and ``expected_cost``."""
 
@@ -40,7 +53,7 @@ class Coupling:
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed
         self.generator: torch.Generator | None = None
-        self._fitted = False
+        self.fitted = False
 
     def _make_generator(self, device: torch.device) -> torch.Generator:
         gen = torch.Generator(device=device)
@@ -54,7 +67,7 @@ class Coupling:
             self.generator.manual_seed(seed)
 
     def _require_fit(self) -> None:
-        if not self._fitted:
+        if not self.fitted:
             raise RuntimeError(f"{type(self).__name__}.fit(x0, x1) must be called before sampling")
 
     def fit(self, x0: torch.Tensor, x1: torch.Tensor) -> Coupling:
@@ -63,7 +76,7 @@ class Coupling:
         self._fit(x0, x1)
         self.x0, self.x1 = x0, x1
         self.generator = self._make_generator(x0.device)
-        self._fitted = True
+        self.fitted = True
         return self
 
     def sample(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -151,7 +164,8 @@ class QuantizedCoupling(Coupling):
 
     Args:
         n_anchors: Anchors per marginal (k). Paper defaults: 256 for toy and single-cell data, 512 for images.
-            Pick k so the covering radius is about sigma or smaller (note §2: gains level off from k~64 on toys).
+            Pick k so the covering radius is about sigma or smaller (on the toys the gain levels off from
+            k ~ 64, see docs/qdsb.md).
         anchors: ``"farthest_first"`` (greedy k-center, the paper's choice) or ``"kmeans"`` (Lloyd from it).
         ot: ``"exact"`` (``ot.emd``, what the reference runs use) or ``"sinkhorn"`` (entropic, as the paper
             text says; log-domain torch, runs on the data's device).
@@ -176,10 +190,7 @@ class QuantizedCoupling(Coupling):
             raise ValueError(f"n_anchors must be >= 1, got {n_anchors}")
         if anchors not in ("farthest_first", "kmeans"):
             raise ValueError(f"anchors must be 'farthest_first' or 'kmeans', got {anchors!r}")
-        if ot not in ("exact", "sinkhorn"):
-            raise ValueError(f"ot must be 'exact' or 'sinkhorn', got {ot!r}")
-        if ot == "sinkhorn" and (epsilon is None or epsilon <= 0):
-            raise ValueError(f"ot='sinkhorn' needs epsilon > 0 (the [SF]2M choice is 2 * sigma**2), got {epsilon}")
+        check_ot(ot, epsilon)
         self.n_anchors, self.anchors, self.ot, self.epsilon, self.n_restarts = (
             n_anchors,
             anchors,
@@ -189,8 +200,7 @@ class QuantizedCoupling(Coupling):
         )
 
     def describe(self) -> str:
-        eps = f", epsilon={self.epsilon:g}" if self.ot == "sinkhorn" else ""
-        return f"qdsb(k={self.n_anchors}, anchors={self.anchors}, anchor plan by {self.ot} OT{eps})"
+        return f"qdsb(k={self.n_anchors}, anchors={self.anchors}, anchor plan by {describe_ot(self.ot, self.epsilon)})"
 
     def fit(self, x0: torch.Tensor, x1: torch.Tensor) -> QuantizedCoupling:
         check_pair(x0, x1)
@@ -215,7 +225,7 @@ class QuantizedCoupling(Coupling):
         self._cells0 = _CellSampler(self.cells0, self.plan.shape[0])
         self._cells1 = _CellSampler(self.cells1, self.plan.shape[1])
         self.generator = self._make_generator(dev)
-        self._fitted = True
+        self.fitted = True
 
     def _sample(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         a0, a1 = self._plan_sampler.draw(batch_size, self.generator)
@@ -307,15 +317,11 @@ class MinibatchOTCoupling(Coupling):
         super().__init__(seed)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if ot not in ("exact", "sinkhorn"):
-            raise ValueError(f"ot must be 'exact' or 'sinkhorn', got {ot!r}")
-        if ot == "sinkhorn" and (epsilon is None or epsilon <= 0):
-            raise ValueError(f"ot='sinkhorn' needs epsilon > 0 (the [SF]2M choice is 2 * sigma**2), got {epsilon}")
+        check_ot(ot, epsilon)
         self.batch_size, self.ot, self.epsilon, self.n_estimate = batch_size, ot, epsilon, n_estimate
 
     def describe(self) -> str:
-        eps = f", epsilon={self.epsilon:g}" if self.ot == "sinkhorn" else ""
-        return f"minibatch_ot(B={self.batch_size}, plan by {self.ot} OT{eps})"
+        return f"minibatch_ot(B={self.batch_size}, plan by {describe_ot(self.ot, self.epsilon)})"
 
     def _one_batch(self, n_pairs: int) -> tuple[torch.Tensor, torch.Tensor, float]:
         dev, b = self.x0.device, self.batch_size

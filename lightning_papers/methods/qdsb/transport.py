@@ -1,8 +1,8 @@
 """Discrete optimal transport between weighted point sets: exact (POT network simplex) and log-domain Sinkhorn.
 
 The QDSB paper describes its anchor plan as *entropic* OT, while every released run of the reference code uses
-``ot_method="exact"`` (``ot.emd``); both are offered and callers log which one ran (research note §1, §7).
-``ot.emd`` runs on the CPU only (no GPU exact solver exists, POT #392/#721); the Sinkhorn solver below is plain
+``ot_method="exact"`` (``ot.emd``); both are offered and callers log which one ran.
+``ot.emd`` runs on the CPU only (POT has no GPU exact solver); the Sinkhorn solver below is plain
 torch, runs on the cost's device, and uses epsilon-scaling so that small regularisers (the [SF]2M choice
 epsilon = 2 sigma^2 on raw toy costs of ~100) converge in a few hundred iterations instead of thousands.
 """
@@ -15,7 +15,7 @@ import torch
 
 
 def sq_cost(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Squared Euclidean cost matrix ``(n, m)`` (no normalisation: it changes the effective epsilon, note §7)."""
+    """Squared Euclidean cost matrix ``(n, m)`` (not normalised: scaling the cost rescales the effective epsilon)."""
     c = (x**2).sum(1, keepdim=True) + (y**2).sum(1)[None, :] - 2.0 * x @ y.T
     return c.clamp_min(0.0)
 

@@ -80,7 +80,7 @@ def test_exact_coupling_is_a_matching_for_equal_sizes() -> None:
 
 
 def test_sinkhorn_anchor_cross_covariance_matches_closed_form() -> None:
-    """Lifted Cov(x0, x1) with Sinkhorn anchors (epsilon = 2 sigma^2) vs C_sigma (research note §4).
+    """Lifted Cov(x0, x1) with Sinkhorn anchors (epsilon = 2 sigma^2) vs C_sigma (closed form in docs/qdsb.md).
 
     Tolerance 0.06 per entry: sampling error of N=4096 points (~0.02) + quantisation with k=256 (cell radius
     ~0.3); the exact-OT plan's cross-covariance differs from C_sigma by ~0.3-0.4, so the test tells them apart.
