@@ -55,7 +55,7 @@ def test_crash_mid_epoch_then_resume_equals_uninterrupted(config: str, tmp_path:
         torch.testing.assert_close(got[key], want[key], rtol=1e-5, atol=1e-6, msg=f"{config}: {key} differs")
     # callback_metrics hold what this process logged: compare what both runs logged after the crash point
     metrics_full, metrics_resumed = full.trainer.callback_metrics, resumed.trainer.callback_metrics
-    assert metrics_full.keys() & metrics_resumed.keys(), "the resumed run logged none of the uninterrupted run's metrics"
+    assert metrics_full.keys() & metrics_resumed.keys(), "the resumed run logged none of the full run's metrics"
     for key in metrics_full.keys() & metrics_resumed.keys():
         torch.testing.assert_close(metrics_resumed[key], metrics_full[key], rtol=1e-5, atol=1e-6,
                                    msg=f"{config}: metric {key} differs")
