@@ -26,6 +26,7 @@ test: lint
 
 bench: install
 	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
+	$(BIN)/python -m pip install --quiet --no-deps "torchcfm>=1.0"  # only its OT sampler is used: skip jupyter & co
 	for f in benchmarks/*.py; do $(BIN)/python $$f || exit 1; done
 
 # Optional real data and weights from registry packages (nothing downloads at run time); configs and `slow` tests
