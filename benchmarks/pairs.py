@@ -1,7 +1,11 @@
 """PAIRS benchmark: posterior quality vs set size N for PAIRS and its baselines, on the Gaussian shared-location model.
 
-Model (research note §2, Experiment B): θ = log σ² ~ N(0, 1), ν ~ N(0, 1) shared by the set, x_i ~ N(ν, e^θ); the
-exact posterior is analytic, so KL(exact ‖ q) on a θ grid is available at every N.
+Model (docs/pairs.md): θ = log σ² ~ N(0, 1), ν ~ N(0, 1) shared by the set, x_i ~ N(ν, e^θ); the exact posterior is
+analytic, so KL(exact ‖ q) on a θ grid is available at every N.
+
+Every PAIRS model is trained by ``training.fit_joint`` / ``training.refit_head``, i.e. by the very step functions
+(``stage1_step``, ``head_step``) that ``PairsNPE.training_step`` calls; tests/methods/pairs/test_module.py checks that
+a Lightning fit and these loops end with bit-identical weights.
 
 Methods, all in one run and scored on the same evaluation sets at N ∈ {1, 2, 10, 100, 1000, 5000}:
   exact            the analytic posterior (reference: KL = 0, coverage = nominal up to sampling noise)
@@ -11,11 +15,15 @@ Methods, all in one run and scored on the same evaluation sets at N ∈ {1, 2, 1
   N=1 encoder + refit  stage 1 on N = 1 only, then the same stage 2 as PAIRS
   end-to-end @1000 a Deep Set trained end to end on sets of N = 1000
   naive factorised the product of exact single-observation posteriors (each observation with its own ν)
+  sbi NPE @1000    the peer a user would otherwise pick: sbi's NPE (MAF density estimator) with sbi's
+                   PermutationInvariantEmbedding (mean pooling, trial net 1→64→64→16, no z-scoring of x), trained on
+                   sets of N = 1000
+                   (optional dependency: `pip install sbi`; the row is skipped without it)
 
-Targets (issue 6): PAIRS 90% coverage in [0.85, 0.95] at N = 1000; KL within 1.5x of end-to-end @1000 at N = 1000
+Targets: PAIRS 90% coverage in [0.85, 0.95] at N = 1000; KL within 1.5x of end-to-end @1000 at N = 1000
 with >= 10x less training compute; the N = 1 encoder and the naive factorisation visibly fail at large N.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/pairs.py            # full, ~3 min on one shared core
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/pairs.py            # full, ~5 min on one shared core
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/pairs.py --seed 1 --out /tmp/p1.json --figures /tmp  # other seed
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/pairs.py --quick    # smoke run, ~1 min
 """
@@ -27,6 +35,7 @@ import json
 import multiprocessing
 import os
 import platform
+import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -36,9 +45,9 @@ from typing import Any
 
 import torch
 
+from lightning_papers.datamodules.set_simulators import GaussianSharedLocation, simulate
 from lightning_papers.methods.pairs.baselines import naive_factorized_log_posterior
 from lightning_papers.methods.pairs.evaluation import head_log_q_grid, score
-from lightning_papers.methods.pairs.simulators import GaussianSharedLocation, simulate
 from lightning_papers.methods.pairs.training import fit_joint, refit_head
 from lightning_papers.metrics.posterior import kl_on_grid
 
@@ -47,16 +56,74 @@ SET_SIZES = [1, 2, 10, 100, 1000, 5000]
 DEPLOY_N = 1000
 
 # PAIRS: stage 1 with 1000 steps of 512 sets (N alternating 1, 2), then the head refit by full-batch L-BFGS on the
-# bank (at most 300 iterations). The end-to-end baseline keeps its own budget (3000 steps x 32 sets at N = 1000, Adam
-# 1e-3, the note §2 sizes). docs/pairs.md, "compute target", gives the earlier Adam settings and what each step buys.
+# bank (300 iterations). The end-to-end baseline keeps its own budget (3000 steps x 32 sets at N = 1000, Adam 1e-3).
+# sbi: 2000 simulated sets of N = 1000, batches of 32, at most 20 epochs (sbi's early stopping may end it sooner).
+# docs/pairs.md, "Benchmark", gives the earlier Adam settings and what each change buys.
 FULL = {
     "stage1_steps": 1000, "stage1_batch": 512, "stage1_lr": 2e-3, "bank_sets_per_n": 1500, "bank_sets_deploy": 2000,
     "head_optimizer": "lbfgs", "head_steps": 300, "e2e_steps": 3000, "e2e_batch": 32, "eval_sets": 800, "grid": 2000,
+    "sbi_sims": 2000, "sbi_batch": 32, "sbi_max_epochs": 20,
 }  # fmt: skip
 QUICK = {
     "stage1_steps": 400, "stage1_batch": 512, "stage1_lr": 2e-3, "bank_sets_per_n": 300, "bank_sets_deploy": 1000,
     "head_optimizer": "lbfgs", "head_steps": 150, "e2e_steps": 400, "e2e_batch": 32, "eval_sets": 200, "grid": 2000,
+    "sbi_sims": 300, "sbi_batch": 32, "sbi_max_epochs": 3,
 }  # fmt: skip
+
+
+def train_sbi_npe(
+    sim: GaussianSharedLocation, num_sims: int, batch_size: int, max_epochs: int, seed: int
+) -> tuple[Any, int]:
+    """sbi's NPE with a permutation-invariant embedding, trained on ``num_sims`` sets of N = 1000 (the peer).
+    Returns the density estimator and the number of epochs sbi trained (its early stopping may end sooner)."""
+    from sbi.inference import NPE
+    from sbi.neural_nets import posterior_nn
+    from sbi.neural_nets.embedding_nets import FCEmbedding, PermutationInvariantEmbedding
+    from sbi.utils.tracking import TensorBoardTracker
+    from torch import distributions
+    from torch.utils.tensorboard import SummaryWriter
+
+    torch.manual_seed(seed)
+    theta, x = simulate(sim, num_sims, DEPLOY_N, torch.Generator().manual_seed(seed))
+    trial = FCEmbedding(input_dim=1, output_dim=16, num_layers=3, num_hiddens=64)  # φ: 1→64→64→16, as ours
+    embedding = PermutationInvariantEmbedding(trial, trial_net_output_dim=16, aggregation_fn="mean", num_layers=2,
+                                              num_hiddens=64, output_dim=16)  # fmt: skip
+    prior = distributions.MultivariateNormal(torch.zeros(1), torch.eye(1))
+    # z_score_x="none" as in sbi's iid-data tutorial: the default z-scores x per position, which ties it to N = 1000
+    net = posterior_nn(model="maf", embedding_net=embedding, z_score_x="none")
+    # sbi logs to TensorBoard, by default under ./sbi-logs: keep the repository clean
+    tracker = TensorBoardTracker(SummaryWriter(log_dir=tempfile.mkdtemp(prefix="sbi-logs-")))
+    inference = NPE(prior=prior, density_estimator=net, tracker=tracker, show_progress_bars=False)
+    estimator = inference.append_simulations(theta, x).train(
+        training_batch_size=batch_size, max_num_epochs=max_epochs, show_train_summary=False
+    )
+    return estimator.eval(), int(inference.summary["epochs_trained"][-1])
+
+
+@torch.no_grad()
+def sbi_log_q_grid(estimator: Any, grid: torch.Tensor, x: torch.Tensor, sets_per_call: int = 20) -> torch.Tensor:
+    """log q(θ_g | x_s) of an sbi (nflows) density estimator on ``grid`` [G, 1] for sets ``x`` [S, N, 1] -> [S, G].
+
+    ``estimator.log_prob(theta [G, S, 1], condition=x)`` embeds every set once per grid point (G x N x 64 floats per
+    set: 25 GB for 50 sets), so the set is embedded once with the flow's own embedding net and the flow is evaluated
+    on the embedded context; on a small case both give identical values.
+    """
+    from torch import nn
+
+    flow = estimator.net
+    g = grid.float()
+    out = []
+    for s in range(0, x.shape[0], sets_per_call):
+        emb = flow._embedding_net(x[s : s + sets_per_call])  # the PermutationInvariantEmbedding
+        num_g, num_s = g.shape[0], emb.shape[0]
+        inputs = g[:, None, :].expand(num_g, num_s, 1).reshape(num_g * num_s, 1)
+        context = emb[None].expand(num_g, num_s, emb.shape[-1]).reshape(num_g * num_s, -1)
+        embedding, flow._embedding_net = flow._embedding_net, nn.Identity()
+        try:
+            out.append(flow.log_prob(inputs, context).reshape(num_g, num_s).T.double())
+        finally:
+            flow._embedding_net = embedding
+    return torch.cat(out)
 
 
 def _status_kib(field: str) -> int:
@@ -152,8 +219,22 @@ def main() -> None:
     record("end-to-end @1000", [(t6, c6, m6)], {"grad_elements": es * eb * DEPLOY_N, "nograd_elements": 0})
     models["end-to-end @1000"] = (enc_e, head_e)
 
+    sbi_estimator = None
+    try:
+        import sbi  # noqa: F401 (optional peer)
+    except ImportError:
+        print("  sbi is not installed: no sbi row (pip install sbi)")
+    else:
+        (sbi_estimator, epochs), t7, c7, m7 = measured(train_sbi_npe, sim, cfg["sbi_sims"], cfg["sbi_batch"],
+                                                       cfg["sbi_max_epochs"], args.seed)  # fmt: skip
+        train_sets = cfg["sbi_sims"] - int(0.1 * cfg["sbi_sims"])  # sbi holds out 10% for validation
+        record("sbi NPE @1000", [(t7, c7, m7)], {"grad_elements": epochs * train_sets * DEPLOY_N,
+                                                  "nograd_elements": epochs * (cfg["sbi_sims"] - train_sets) * DEPLOY_N,
+                                                  "epochs": epochs})  # fmt: skip
+
     # ---------------------------------------------------------------------------------------------- evaluation
-    results: dict[str, dict[int, dict[str, float]]] = {m: {} for m in ["exact", *models, "naive factorised"]}
+    names = ["exact", *models, "naive factorised"] + (["sbi NPE @1000"] if sbi_estimator is not None else [])
+    results: dict[str, dict[int, dict[str, float]]] = {m: {} for m in names}
     plot_cache: dict[int, tuple] = {}
     gen = torch.Generator().manual_seed(10_000 + args.seed)
     for i, n in enumerate(SET_SIZES):
@@ -168,6 +249,8 @@ def main() -> None:
             e.eval()
             h.eval()
             results[name][n] = scored(head_log_q_grid(e, h, grid, x), log_p, sim, grid, theta, x)
+        if sbi_estimator is not None:
+            results["sbi NPE @1000"][n] = scored(sbi_log_q_grid(sbi_estimator, grid, x), log_p, sim, grid, theta, x)
         log_q = head_log_q_grid(*models["PAIRS"], grid, x[:3])
         plot_cache[i] = (log_q, theta[:3], log_p[:3])
         print(f"  evaluated N = {n}")
@@ -202,6 +285,11 @@ def main() -> None:
         "n1_encoder_coverage90_at_1000": results["N=1 encoder + refit"][DEPLOY_N]["coverage90"],
         "naive_coverage90_at_1000": results["naive factorised"][DEPLOY_N]["coverage90"],
     }
+    if sbi_estimator is not None:
+        peer = results["sbi NPE @1000"][DEPLOY_N]
+        targets["sbi_at_1000_coverage90"] = peer["coverage90"]
+        targets["kl_ratio_pairs_at_1000_vs_sbi"] = pairs["kl"] / max(peer["kl"], 1e-12)
+        targets["cpu_ratio_sbi_vs_pairs_at_1000"] = compute["sbi NPE @1000"]["cpu_s"] / compute["PAIRS@1000"]["cpu_s"]
     targets["compute_10x_less"] = targets["cpu_ratio_e2e_vs_pairs_at_1000"] >= 10
     print("\ntargets:", json.dumps(targets, indent=1))
 
@@ -209,6 +297,7 @@ def main() -> None:
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "hardware": f"{platform.machine()} CPU, torch threads = 1 ({os.cpu_count()} cores visible, shared)",
         "torch": torch.__version__,
+        "sbi": None if sbi_estimator is None else __import__("sbi").__version__,
         "command": "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/pairs.py" + (" --quick" if args.quick else "")
         + (f" --seed {args.seed}" if args.seed else ""),
         "config": cfg,
@@ -240,14 +329,14 @@ def figures(results: dict, compute: dict, grid: torch.Tensor, cache: dict, folde
     fig.axes[1].legend(fontsize=7)
     fig.savefig(folder / "pairs_coverage_kl.png", dpi=110, bbox_inches="tight")
     plt.close(fig)
-    fig = posterior_figure(grid, SET_SIZES, cache)
-    fig.suptitle("PAIRS (solid) vs exact posterior (dashed), three evaluation sets per N", y=1.03)
+    fig = posterior_figure(grid, SET_SIZES, cache, "θ = log variance")
+    fig.suptitle("PAIRS vs exact posterior, three evaluation sets per N", y=1.08)
     fig.savefig(folder / "pairs_posteriors.png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(6, 2.8))
     names = list(compute)
     ax.barh(names, [compute[m]["cpu_s"] for m in names])
-    ax.set(xscale="log", xlabel="training CPU time, s (1 torch thread)")
+    ax.set(xscale="log", xlabel="training CPU time, s (1 torch thread)", title="training compute per method")
     fig.tight_layout()
     fig.savefig(folder / "pairs_compute.png", dpi=110, bbox_inches="tight")
     plt.close(fig)

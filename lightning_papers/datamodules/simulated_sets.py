@@ -1,29 +1,81 @@
-"""Sets simulated on the fly from a :class:`~lightning_papers.methods.pairs.simulators.SetSimulator`, banks of
-pre-aggregated embeddings, fixed validation sets per N, and the user's own sets from NPZ files.
+"""Sets simulated on the fly from a :class:`~lightning_papers.datamodules.set_simulators.SetSimulator`, fixed
+validation sets per N, and the user's own sets from NPZ files.
 
-The datamodule drives the two PAIRS stages (arXiv 2605.07972 §2) inside one ``fit``:
+The datamodule only serves simulated sets; it knows nothing of the model that trains on them:
 
-* epochs ``< stage1_epochs`` of the module: fresh simulated sets with N cycling through ``train_set_sizes``
-  (default {1, 2}), one N per batch;
-* from epoch ``stage1_epochs`` on: a bank of (θ, z, log N) triples, built once with the module's frozen
-  encoder at ``stage2_set_sizes`` (no gradients, chunked), then sampled with replacement. This needs
-  ``trainer.reload_dataloaders_every_n_epochs=1`` so the loader is rebuilt at the switch.
+* ``train_dataloader``: a stream of fresh batches ``{"theta": [B, p], "x": [B, N, d]}`` with N cycling through
+  ``train_set_sizes`` (PAIRS stage 1, arXiv 2605.07972 §2: {1, 2}). The batch of optimizer step ``s`` is drawn from
+  a generator seeded by ``(seed, rank, s)``, and the stream starts at the trainer's ``global_step``: a run resumed
+  from a checkpoint taken at any step continues the very same stream, and DDP ranks draw different sets;
+* ``stage2_sets``: the raw sets of a stage-2 bank (``stage2_num_sets`` sets over ``stage2_set_sizes``, in chunks of
+  at most ``chunk_elements`` elements, always the same for a given ``seed``), for a model that pre-aggregates them;
+* ``val_dataloader``: one fixed set of ``val_num_sets`` sets per N in ``val_set_sizes``;
+* ``predict_dataloader``: the user's own sets from an NPZ file (:class:`NPZSets`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, Dataset, RandomSampler, TensorDataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
 
-from lightning_papers.methods.pairs.data import EmbeddingBank, SimulatedSetStream, check_sizes, pre_aggregate
-from lightning_papers.methods.pairs.encoder import DeepSetEncoder
-from lightning_papers.methods.pairs.simulators import SetSimulator, simulate
+from lightning_papers.datamodules.set_simulators import (
+    SetSimulator,
+    check_sizes,
+    derived_seed,
+    simulate,
+    simulate_in_chunks,
+)
 
-__all__ = ["EmbeddingBank", "NPZSets", "SimulatedSetStream", "SimulatedSetsDataModule", "pre_aggregate"]
+
+class SimulatedSetStream(IterableDataset):
+    """``num_batches`` freshly simulated batches ``{"theta": [B, p], "x": [B, N, d]}`` per pass; N cycles through
+    ``set_sizes`` by step.
+
+    The batch of (absolute) step ``s`` has N = ``set_sizes[s % len(set_sizes)]`` and is drawn from a generator
+    seeded by ``derived_seed(seed, rank, s)``, so any batch can be regenerated from its step alone. A pass starts at
+    ``position()`` when given (the datamodule passes the trainer's ``global_step``, which makes a resumed run
+    continue where it stopped); without it, pass ``k`` starts at step ``k * num_batches`` (runs are reproducible,
+    passes differ).
+    """
+
+    def __init__(
+        self,
+        simulator: SetSimulator,
+        set_sizes: Sequence[int],
+        batch_size: int,
+        num_batches: int,
+        seed: int = 0,
+        rank: int = 0,
+        position: Callable[[], int] | None = None,
+    ) -> None:
+        self.simulator = simulator
+        self.set_sizes = check_sizes(set_sizes, "set_sizes")
+        if batch_size < 1 or num_batches < 1:
+            raise ValueError(f"batch_size and num_batches must be >= 1, got {batch_size} and {num_batches}")
+        self.batch_size, self.num_batches, self.seed, self.rank = batch_size, num_batches, seed, rank
+        self.position = position
+        self.passes = 0
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def batch(self, step: int) -> dict[str, torch.Tensor]:
+        """The batch of absolute step ``step``."""
+        n = self.set_sizes[step % len(self.set_sizes)]
+        gen = torch.Generator().manual_seed(derived_seed(self.seed, self.rank, step))
+        theta, x = simulate(self.simulator, self.batch_size, n, gen)
+        return {"theta": theta, "x": x}
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        start = self.position() if self.position is not None else self.passes * self.num_batches
+        self.passes += 1
+        for step in range(start, start + self.num_batches):
+            yield self.batch(step)
 
 
 class NPZSets(Dataset):
@@ -63,21 +115,36 @@ class NPZSets(Dataset):
         return item
 
 
+class StepSeededLoader(DataLoader):
+    """The training loader of a :class:`SimulatedSetStream`: resumable without any saved state, because the stream
+    regenerates the batch of every step from the step itself and starts each pass at the trainer's ``global_step``.
+
+    ``state_dict``/``load_state_dict`` tell Lightning so (it warns about mid-epoch resumes of loaders without them).
+    """
+
+    def state_dict(self) -> dict[str, int]:
+        """Nothing to restore: the position is the trainer's ``global_step`` (kept for inspection only)."""
+        return {"seed": self.dataset.seed, "rank": self.dataset.rank}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        """No-op (see :meth:`state_dict`)."""
+
+
 class SimulatedSetsDataModule(LightningDataModule):
-    """Training, validation and prediction data for set-based posterior estimation (PAIRS two-stage schedule).
+    """Simulated sets for set-based posterior estimation: a training stream, the raw sets of a stage-2 bank,
+    fixed validation sets per N, and the user's own sets for ``predict``.
 
     Args:
-        simulator: Any :class:`SetSimulator`, named by ``class_path`` in a config.
-        train_set_sizes: Stage-1 set sizes, cycled one per batch (PAIRS §2: {1, 2}).
-        batch_size: Stage-1 sets per batch.
-        batches_per_epoch: Stage-1 batches per epoch (fresh simulations each time).
-        stage2_set_sizes: Set sizes of the stage-2 bank (the deployment N, or a range of N).
-        stage2_num_sets: Number of sets in the stage-2 bank, split evenly over ``stage2_set_sizes``.
-        stage2_batch_size: Bank triples per stage-2 batch.
-        stage2_batches_per_epoch: Stage-2 batches per epoch, drawn with replacement from the bank.
+        simulator: Any :class:`~lightning_papers.datamodules.set_simulators.SetSimulator`, named by ``class_path``
+            in a config.
+        train_set_sizes: Set sizes of the training stream, cycled one per step (PAIRS §2: {1, 2}).
+        batch_size: Sets per training batch.
+        batches_per_epoch: Training batches per epoch (fresh simulations each time).
+        stage2_set_sizes: Set sizes of the stage-2 bank's sets (the deployment N, or a range of N).
+        stage2_num_sets: Number of sets for the stage-2 bank, split evenly over ``stage2_set_sizes``.
         val_set_sizes: One fixed validation set of ``val_num_sets`` sets per N.
         val_num_sets: Sets per validation N.
-        chunk_elements: Elements per encoder call when pre-aggregating or embedding large sets.
+        chunk_elements: Largest number of elements per chunk of stage-2 sets (the model embeds one chunk at a time).
         predict_path: Optional NPZ file of the user's own sets for ``predict`` (see :class:`NPZSets`).
         seed: Seed of all simulations.
     """
@@ -90,8 +157,6 @@ class SimulatedSetsDataModule(LightningDataModule):
         batches_per_epoch: int = 200,
         stage2_set_sizes: list[int] = [1000],  # noqa: B006
         stage2_num_sets: int = 20_000,
-        stage2_batch_size: int = 256,
-        stage2_batches_per_epoch: int = 500,
         val_set_sizes: list[int] = [1, 10, 100, 1000],  # noqa: B006
         val_num_sets: int = 200,
         chunk_elements: int = 2**17,
@@ -106,18 +171,18 @@ class SimulatedSetsDataModule(LightningDataModule):
         self.stage2_set_sizes = check_sizes(stage2_set_sizes, "stage2_set_sizes")
         self.val_set_sizes = check_sizes(val_set_sizes, "val_set_sizes")
         for name, v in [("batch_size", batch_size), ("batches_per_epoch", batches_per_epoch),
-                        ("stage2_num_sets", stage2_num_sets), ("stage2_batch_size", stage2_batch_size),
-                        ("stage2_batches_per_epoch", stage2_batches_per_epoch),
-                        ("val_num_sets", val_num_sets), ("chunk_elements", chunk_elements)]:  # fmt: skip
+                        ("stage2_num_sets", stage2_num_sets), ("val_num_sets", val_num_sets),
+                        ("chunk_elements", chunk_elements)]:  # fmt: skip
             if v < 1:
                 raise ValueError(f"{name} must be >= 1, got {v}")
+        if stage2_num_sets < len(self.stage2_set_sizes):
+            raise ValueError(f"stage2_num_sets ({stage2_num_sets}) must be at least the number of stage2_set_sizes "
+                             f"({len(self.stage2_set_sizes)})")  # fmt: skip
         self.batch_size, self.batches_per_epoch = batch_size, batches_per_epoch
-        self.stage2_num_sets, self.stage2_batch_size = stage2_num_sets, stage2_batch_size
-        self.stage2_batches_per_epoch = stage2_batches_per_epoch
+        self.stage2_num_sets = stage2_num_sets
         self.val_num_sets, self.chunk_elements = val_num_sets, chunk_elements
         self.predict_path, self.seed = predict_path, seed
         self.stream = SimulatedSetStream(simulator, self.train_set_sizes, batch_size, batches_per_epoch, seed)
-        self.bank: EmbeddingBank | None = None
         self.val_data: list[TensorDataset] = []
 
     def setup(self, stage: str) -> None:
@@ -126,28 +191,23 @@ class SimulatedSetsDataModule(LightningDataModule):
             for n in self.val_set_sizes:
                 self.val_data.append(TensorDataset(*simulate(self.simulator, self.val_num_sets, n, gen)))
 
-    def _stage(self) -> int:
-        module = self.trainer.lightning_module if self.trainer is not None else None
-        return module.stage_at_epoch(self.trainer.current_epoch) if hasattr(module, "stage_at_epoch") else 1
+    def global_step(self) -> int:
+        """The attached trainer's optimizer step (0 without a trainer): where the training stream starts a pass."""
+        return 0 if self.trainer is None else int(self.trainer.global_step)
 
-    def build_bank(self, encoder: DeepSetEncoder) -> EmbeddingBank:
-        """Pre-aggregate the stage-2 bank with ``encoder`` (once; later calls return the stored bank)."""
-        if self.bank is None:
-            gen = torch.Generator().manual_seed(self.seed + 104729)
-            self.bank = pre_aggregate(
-                encoder, self.simulator, self.stage2_num_sets, self.stage2_set_sizes, gen, self.chunk_elements
-            )
-        return self.bank
+    def train_dataloader(self) -> StepSeededLoader:
+        rank = 0 if self.trainer is None else int(self.trainer.global_rank)
+        self.stream = SimulatedSetStream(self.simulator, self.train_set_sizes, self.batch_size,
+                                         self.batches_per_epoch, self.seed, rank, self.global_step)  # fmt: skip
+        return StepSeededLoader(self.stream, batch_size=None)
 
-    def train_dataloader(self) -> DataLoader:
-        if self._stage() == 1:
-            return DataLoader(self.stream, batch_size=None)
-        bank = self.build_bank(self.trainer.lightning_module.encoder)
-        self.trainer.lightning_module.on_bank_built(bank)
-        gen = torch.Generator().manual_seed(self.seed + self.trainer.current_epoch)
-        num = self.stage2_batch_size * self.stage2_batches_per_epoch
-        sampler = RandomSampler(bank.dataset(), replacement=True, num_samples=num, generator=gen)
-        return DataLoader(bank.dataset(), batch_size=self.stage2_batch_size, sampler=sampler)
+    def stage2_sets(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The raw stage-2 sets, ``(theta [s, p], x [s, N, d])`` chunks of at most ``chunk_elements`` elements.
+
+        The same sets on every call and every DDP rank (seeded by ``seed`` alone).
+        """
+        return simulate_in_chunks(self.simulator, self.stage2_num_sets, self.stage2_set_sizes, self.seed + 104729,
+                                  self.chunk_elements)  # fmt: skip
 
     def val_dataloader(self) -> list[DataLoader]:
         return [DataLoader(d, batch_size=self.val_num_sets) for d in self.val_data]

@@ -78,7 +78,7 @@ class PosteriorCoverage(Metric):
     ``update(cdf_at_truth [S, p])``; ``compute() -> [len(levels), p]``. Fixed-size sum states (DDP-exact).
 
     Args:
-        levels: Interval probabilities α (issue 6: 0.5 and 0.9).
+        levels: Interval probabilities α (the PAIRS benchmark uses 0.5 and 0.9).
         theta_dim: p.
     """
 

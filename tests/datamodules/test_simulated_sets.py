@@ -1,5 +1,5 @@
-"""Simulated-set data for PAIRS: the stream's set sizes and seeding, the stage-2 bank, NPZ user sets, and clear
-errors for bad arguments."""
+"""Simulated-set data: the stream's set sizes and step seeding (resumable at any step), the stage-2 sets and their
+bank, NPZ user sets, and clear errors for bad arguments."""
 
 from __future__ import annotations
 
@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from lightning_papers.datamodules.simulated_sets import (
-    NPZSets,
-    SimulatedSetsDataModule,
-    SimulatedSetStream,
-    pre_aggregate,
+from lightning_papers.datamodules.set_simulators import (
+    GaussianSharedLocation,
+    MultivariateGaussianSharedLocation,
+    simulate_in_chunks,
 )
+from lightning_papers.datamodules.simulated_sets import NPZSets, SimulatedSetsDataModule, SimulatedSetStream
+from lightning_papers.methods.pairs.bank import pre_aggregate
 from lightning_papers.methods.pairs.encoder import DeepSetEncoder, embed_sets
-from lightning_papers.methods.pairs.simulators import GaussianSharedLocation, MultivariateGaussianSharedLocation
 
 
 def test_stream_cycles_set_sizes_and_is_reproducible_but_fresh_each_pass() -> None:
@@ -30,11 +30,24 @@ def test_stream_cycles_set_sizes_and_is_reproducible_but_fresh_each_pass() -> No
     assert not torch.equal(first[0]["x"], second[0]["x"])  # a new pass draws new sets
     again = list(SimulatedSetStream(GaussianSharedLocation(), [1, 2, 5], 4, 7, seed=3))
     assert torch.equal(first[3]["x"], again[3]["x"])  # same seed, same pass -> same data
+    other_rank = list(SimulatedSetStream(GaussianSharedLocation(), [1, 2, 5], 4, 7, seed=3, rank=1))
+    assert not torch.equal(first[0]["x"], other_rank[0]["x"])  # DDP ranks draw different sets
+
+
+def test_stream_resumes_at_any_step_from_its_position() -> None:
+    """A pass that starts at step 10 (a resumed run: the trainer's global_step) yields exactly the batches 10, 11, ...
+    of an uninterrupted stream, with the same set sizes; this is what makes a mid-epoch resume exact."""
+    full = SimulatedSetStream(GaussianSharedLocation(), [1, 2], batch_size=5, num_batches=8, seed=1)
+    uninterrupted = list(full) + list(full)  # two epochs: steps 0..15
+    resumed = list(SimulatedSetStream(GaussianSharedLocation(), [1, 2], 5, 8, seed=1, position=lambda: 10))
+    assert len(resumed) == 8
+    for a, b in zip(uninterrupted[10:], resumed):
+        assert torch.equal(a["x"], b["x"]) and torch.equal(a["theta"], b["theta"])
 
 
 def test_pre_aggregate_splits_sizes_and_embeds_the_simulated_sets() -> None:
     sim, enc = MultivariateGaussianSharedLocation(2), DeepSetEncoder(2, embed_dim=5)
-    bank = pre_aggregate(enc, sim, 11, [3, 40], torch.Generator().manual_seed(0), chunk_elements=50)
+    bank = pre_aggregate(enc, simulate_in_chunks(sim, 11, [3, 40], seed=0, chunk_elements=50), chunk_elements=50)
     assert len(bank) == 11 and bank.z.shape == (11, 5) and bank.theta.shape == (11, 2)
     assert (bank.log_n == math.log(3)).sum() == 6 and (bank.log_n == math.log(40)).sum() == 5
     # the same generator reproduces the sets, and their embeddings are the bank's
@@ -49,7 +62,7 @@ def test_pre_aggregate_splits_sizes_and_embeds_the_simulated_sets() -> None:
     torch.testing.assert_close(bank.theta, torch.cat(thetas))
     torch.testing.assert_close(bank.z, torch.cat(zs), atol=1e-6, rtol=1e-5)
     with pytest.raises(ValueError, match="at least the number of set sizes"):
-        pre_aggregate(enc, sim, 1, [3, 40])
+        next(simulate_in_chunks(sim, 1, [3, 40], seed=0))
 
 
 def test_npz_sets_layouts(tmp_path: Path) -> None:
@@ -89,5 +102,19 @@ def test_datamodule_validation_sets_and_errors() -> None:
         SimulatedSetsDataModule(GaussianSharedLocation(), stage2_set_sizes=[0])
     with pytest.raises(ValueError, match="stage2_num_sets must be >= 1, got 0"):
         SimulatedSetsDataModule(GaussianSharedLocation(), stage2_num_sets=0)
+    with pytest.raises(ValueError, match=r"stage2_num_sets \(1\) must be at least the number of .* \(2\)"):
+        SimulatedSetsDataModule(GaussianSharedLocation(), stage2_num_sets=1, stage2_set_sizes=[3, 4])
     with pytest.raises(ValueError, match="predict needs data.predict_path"):
         dm.predict_dataloader()
+
+
+def test_stage2_sets_are_fixed_chunks_split_over_the_sizes() -> None:
+    """The stage-2 sets: ``stage2_num_sets`` sets split evenly over the sizes, chunks of at most ``chunk_elements``
+    elements, and the very same sets on every call (the bank of a resumed or DDP run is the same bank)."""
+    dm = SimulatedSetsDataModule(GaussianSharedLocation(), stage2_set_sizes=[10, 100], stage2_num_sets=7,
+                                 chunk_elements=250)  # fmt: skip
+    chunks = list(dm.stage2_sets())
+    assert [tuple(x.shape) for _, x in chunks] == [(4, 10, 1), (2, 100, 1), (1, 100, 1)]
+    assert all(x.shape[0] * x.shape[1] <= 250 for _, x in chunks)
+    for (t1, x1), (t2, x2) in zip(chunks, dm.stage2_sets()):
+        assert torch.equal(t1, t2) and torch.equal(x1, x2)

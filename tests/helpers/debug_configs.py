@@ -18,8 +18,8 @@ CASES: dict[str, tuple[dict[str, object], int, int]] = {
         "model.n_eval": 64, "model.n_sample_steps": 5, "model.batch_size": 64,
         "trainer.check_val_every_n_epoch": 1, "trainer.max_epochs": 3,
     }, 13, 24),
-    "pairs/gaussian_debug.yaml": ({
-        "data.batches_per_epoch": 5, "data.stage2_batches_per_epoch": 5, "data.stage2_num_sets": 200,
+    "pairs/debug.yaml": ({
+        "data.batches_per_epoch": 5, "data.stage2_num_sets": 200,
         "data.val_num_sets": 20, "data.batch_size": 64, "model.stage1_epochs": 2, "model.grid_points": 200,
         "trainer.max_epochs": 4, "trainer.check_val_every_n_epoch": 1,
     }, 17, 20),

@@ -1,4 +1,4 @@
-"""Baselines of issue 6 in the same code as PAIRS.
+"""The baselines of the PAIRS benchmark, in the same code as PAIRS.
 
 * The naive factorised posterior (:func:`naive_factorized_log_posterior`), which needs no training.
 * The others are training schedules of the same parts (:mod:`~lightning_papers.methods.pairs.training`):
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from lightning_papers.methods.pairs.simulators import SetSimulator
+from lightning_papers.datamodules.set_simulators import SetSimulator
 
 
 @torch.no_grad()
@@ -27,8 +27,8 @@ def naive_factorized_log_posterior(
     """log of p(θ)^{1−N} Π_i p(θ | x_i) on ``grid`` [G, p] for sets ``x`` [S, N, d] -> [S, G] (up to constants).
 
     This multiplies the exact single-observation posteriors, i.e. it treats every observation as having its
-    own nuisance, as composing per-observation estimators does (research note §2: its 90% coverage falls to
-    0.09 at N = 1000 in the Gaussian model). It uses ``simulator.naive_log_posterior`` when that has a closed
+    own nuisance, as composing per-observation estimators does (in the Gaussian model its 90% coverage falls to
+    0.08 at N = 1000; ``docs/pairs.md``). It uses ``simulator.naive_log_posterior`` when that has a closed
     form, and otherwise sums ``simulator.log_posterior`` of every single element (``chunk_rows`` at a time),
     which needs ``log_posterior`` and ``log_prior``.
     """

@@ -29,8 +29,8 @@ class DeepSetEncoder(nn.Module):
 
     Args:
         x_dim: d, dimension of one observation.
-        embed_dim: k, dimension of the pooled embedding (research note §2: 16).
-        hidden: widths of φ's hidden layers (research note §2: 64, 64).
+        embed_dim: k, dimension of the pooled embedding (default 16).
+        hidden: widths of φ's hidden layers (default 64, 64).
     """
 
     def __init__(self, x_dim: int, embed_dim: int = 16, hidden: Sequence[int] = (64, 64)) -> None:

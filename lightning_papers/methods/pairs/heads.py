@@ -77,7 +77,7 @@ class PosteriorHead(nn.Module):
 
 
 class GaussianHead(PosteriorHead):
-    """q(θ | c) = N(μ(c), diag σ(c)²), with an MLP c → (μ, log σ) (research note §2: 17 → 64 → 2 for p = 1).
+    """q(θ | c) = N(μ(c), diag σ(c)²), with an MLP c → (μ, log σ) (default hidden widths 64, 64).
 
     Args:
         theta_dim: p.

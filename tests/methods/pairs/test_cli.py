@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from lightning_papers.cli import cli_main
-from lightning_papers.methods.pairs.simulators import GaussianSharedLocation
+from lightning_papers.datamodules.set_simulators import GaussianSharedLocation
 
-CONFIG = Path(__file__).resolve().parents[3] / "configs/pairs/gaussian_debug.yaml"
+CONFIG = Path(__file__).resolve().parents[3] / "configs/pairs/debug.yaml"
 
 
 class ScaledGaussian(GaussianSharedLocation):
@@ -34,7 +34,6 @@ TINY = [
     "--data.init_args.batches_per_epoch=20",
     "--data.init_args.stage2_set_sizes=[10, 100]",
     "--data.init_args.stage2_num_sets=200",
-    "--data.init_args.stage2_batches_per_epoch=20",
     "--data.init_args.val_set_sizes=[2, 100]",
     "--data.init_args.val_num_sets=30",
 ]
@@ -45,8 +44,8 @@ def test_shipped_config_runs_both_stages(tmp_path: Path, monkeypatch: pytest.Mon
     cli = cli_main(["fit", "--config", str(CONFIG), *TINY])
     model, dm = cli.model, cli.datamodule
     assert cli.trainer.current_epoch == 3
-    assert bool(model.stage2_started) and not model.encoder.phi[0].weight.requires_grad
-    assert dm.bank is not None and len(dm.bank) == 200
+    assert not model.encoder.phi[0].weight.requires_grad  # stage 2 ran: encoder frozen, head refit on the bank
+    assert model.bank is not None and len(model.bank) == 200 and not hasattr(dm, "bank")
     assert sorted(model.last_val) == [2, 100]
     for res in model.last_val.values():
         assert {"coverage50", "coverage90", "kl", "mean_err_sd", "sbc_max_dev"} <= set(res)

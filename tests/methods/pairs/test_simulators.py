@@ -8,14 +8,14 @@ import math
 import pytest
 import torch
 
-from lightning_papers.methods.pairs.baselines import naive_factorized_log_posterior
-from lightning_papers.methods.pairs.simulators import (
+from lightning_papers.datamodules.set_simulators import (
     BumpOnBackground,
     GaussianSharedLocation,
     MultivariateGaussianSharedLocation,
     SetSimulator,
     simulate,
 )
+from lightning_papers.methods.pairs.baselines import naive_factorized_log_posterior
 
 
 def brute_force_log_posterior(theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

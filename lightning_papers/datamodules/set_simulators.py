@@ -1,17 +1,23 @@
-"""Simulators of sets that share a nuisance: ``sample(num_sets, set_size, generator) -> (theta [S, p], x [S, N, d])``.
+"""Simulators of sets that share a nuisance, and the helpers that draw simulated sets from them.
 
-Every observation of a set depends on the target θ and on a nuisance ν drawn once per set, so the elements are
-iid *given* (θ, ν) but not given θ alone. That is the regime of "It Just Takes Two" (PAIRS, arXiv 2605.07972,
-§2; reconstruction in ``shared/research/drum_sets_symreg.md`` §2). A simulator may also give the exact
-``log_posterior(theta_grid, x)`` (up to a constant per set) when it is analytic; the metrics then compare against it.
+``sample(num_sets, set_size, generator) -> (theta [S, p], x [S, N, d])``. Every observation of a set depends on the
+target θ and on a nuisance ν drawn once per set, so the elements are iid *given* (θ, ν) but not given θ alone. That
+is the regime of "It Just Takes Two" (PAIRS, arXiv 2605.07972, §2; see ``docs/pairs.md``). A simulator may also give
+the exact ``log_posterior(theta_grid, x)`` (up to a constant per set) when it is analytic; the metrics then compare
+against it.
 
 Plug in your own simulator by subclassing :class:`SetSimulator` (typed ``__init__``, so a config can name it by
 ``class_path``) and implementing ``sample`` (and ``log_prior``/``log_posterior`` if you have them).
+
+This file is neutral: the datamodule (:mod:`lightning_papers.datamodules.simulated_sets`) and the PAIRS algorithm
+(:mod:`lightning_papers.methods.pairs`) both import it, and it imports neither.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
+from collections.abc import Iterator, Sequence
 
 import torch
 
@@ -54,7 +60,7 @@ class SetSimulator:
     def naive_log_posterior(self, theta_grid: torch.Tensor, x: torch.Tensor) -> torch.Tensor | None:
         """Closed form of log p(θ)^{1−N} Π_i p(θ | x_i) + const, [S, G], or ``None`` (the generic sum is used then).
 
-        Only a speed-up for :func:`~lightning_papers.methods.pairs.baselines.naive_factorized_log_posterior`.
+        Only a speed-up for the naive factorised baseline (``methods/pairs/baselines.py``).
         """
         return None
 
@@ -103,10 +109,50 @@ def simulate(
     return check_simulation(simulator, theta, x, num_sets, set_size)
 
 
+def derived_seed(*keys: int) -> int:
+    """A generator seed determined by ``keys`` (for example seed, rank, step), distinct for distinct keys up to hash
+    collisions. torch's CPU generator keeps only 32 bits of a seed, so the keys are hashed, not packed into one
+    integer."""
+    digest = hashlib.blake2b("/".join(str(int(k)) for k in keys).encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "little")
+
+
+def check_sizes(sizes: Sequence[int], name: str) -> list[int]:
+    """The set sizes as ints, or ``ValueError`` naming ``name`` unless they are a non-empty list of sizes >= 1."""
+    sizes = [int(n) for n in sizes]
+    if not sizes or min(sizes) < 1:
+        raise ValueError(f"{name} must be a non-empty list of set sizes >= 1, got {sizes}")
+    return sizes
+
+
+def simulate_in_chunks(
+    simulator: SetSimulator, num_sets: int, set_sizes: Sequence[int], seed: int, chunk_elements: int = 2**17
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``num_sets`` simulated sets split evenly over ``set_sizes``, yielded as ``(theta, x)`` chunks of at most
+    ``chunk_elements`` elements (at least one set), in a fixed order from one generator seeded with ``seed``.
+
+    This is the raw material of the PAIRS stage-2 bank: the chunks are embedded one at a time, so memory stays at one
+    chunk whatever N is.
+    """
+    sizes = check_sizes(set_sizes, "set_sizes")
+    if num_sets < len(sizes):
+        raise ValueError(f"num_sets ({num_sets}) must be at least the number of set sizes ({len(sizes)})")
+    if chunk_elements < 1:
+        raise ValueError(f"chunk_elements must be >= 1, got {chunk_elements}")
+    gen = torch.Generator().manual_seed(seed)
+    for i, n in enumerate(sizes):
+        todo = num_sets // len(sizes) + (1 if i < num_sets % len(sizes) else 0)
+        block = max(1, chunk_elements // n)
+        while todo > 0:
+            s = min(block, todo)
+            yield simulate(simulator, s, n, gen)
+            todo -= s
+
+
 def gaussian_shared_location_log_posterior(theta: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Exact log p(θ | x) + const for θ = log σ² ~ N(0, 1), ν ~ N(0, 1), x_i ~ N(ν, e^θ) (ν integrated out).
 
-    With x̄ the mean and S = Σ(x_i − x̄)² (research note §2, Experiment B)::
+    With x̄ the mean and S = Σ(x_i − x̄)² (docs/pairs.md, "What the paper claims")::
 
         log p(θ|x) = log N(θ; 0, 1) − (N−1)/2 · log(2π e^θ) − S / (2 e^θ) + log N(x̄; 0, 1 + e^θ/N) + const
 
@@ -142,7 +188,7 @@ def gaussian_shared_location_naive_log_posterior(theta: torch.Tensor, x: torch.T
 
 
 class GaussianSharedLocation(SetSimulator):
-    """θ = log σ² ~ N(0, 1); a location ν ~ N(0, 1) shared by the set; x_i ~ N(ν, e^θ) (research note §2).
+    """θ = log σ² ~ N(0, 1); a location ν ~ N(0, 1) shared by the set; x_i ~ N(ν, e^θ).
 
     The exact posterior is :func:`gaussian_shared_location_log_posterior`; the sufficient statistics are the set
     means of x and x², so an encoder trained on single observations (which only needs x²) is confounded by ν.

@@ -1,8 +1,7 @@
 """Resume helper: a checkpoint written after ``max_steps`` cut an epoch resumes that epoch, not the next one.
 
-Plain Python on Lightning's checkpoint dictionary; ``SF2MModule.on_load_checkpoint`` calls it. Nothing in it is
-specific to QDSB: any module (or callback) whose ``on_load_checkpoint`` runs before Lightning restores its loops
-can call it.
+A neutral utility (plain Python on Lightning's checkpoint dictionary): a module's ``on_load_checkpoint`` runs before
+Lightning restores its loops from the same dictionary, so calling it there is enough (QDSB and PAIRS do).
 """
 
 from __future__ import annotations
