@@ -35,8 +35,8 @@ from lightning_papers.contracts import check_datamodule
 from lightning_papers.methods.qdsb.bridge import MLP, sample_ode, sample_sde, sf2m_loss
 from lightning_papers.methods.qdsb.coupling import Coupling, build_coupling
 from lightning_papers.methods.qdsb.plots import samples_figure
-from lightning_papers.resume import reopen_epoch_cut_by_max_steps
 from lightning_papers.metrics.distributions import GaussianKL, SampleDistance
+from lightning_papers.resume import reopen_epoch_cut_by_max_steps
 
 DISTANCES = ("w1", "w2", "mmd", "energy")
 KL_TIMES = (0.5, 1.0)  # times at which a GaussianReference datamodule's SB marginal is compared
