@@ -149,6 +149,22 @@ class LightningPapersCLI(LightningCLI):
                 init_args.resume = "allow"
 
     @override
+    def before_fit(self) -> None:
+        """Refuse a multi-process fit of a single-device method before any process starts.
+
+        A LightningModule that cannot run on several processes says so with a class attribute
+        ``max_world_size: int`` (and the reason in its docstring); without it, any world size is fine.
+        """
+        limit = getattr(self.model, "max_world_size", None)
+        world_size = self.trainer.world_size
+        if limit is not None and world_size > limit:
+            raise ValueError(
+                f"{type(self.model).__name__} runs on at most {limit} process(es), got world_size={world_size} "
+                f"(strategy {type(self.trainer.strategy).__name__}, devices {self.trainer.num_devices}); "
+                "run it with --trainer.devices 1 (see its docs for how it scales instead)"
+            )
+
+    @override
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Trainer:
         trainer = super()._instantiate_trainer(config, [c for c in callbacks if c is not None])
         for logger in wandb_loggers(trainer.loggers):

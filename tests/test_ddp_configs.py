@@ -1,7 +1,7 @@
-"""Every debug config runs under ``ddp_spawn`` on 2 CPU processes, and its replicas end with identical weights.
+"""Every debug config runs under ``ddp_spawn`` on 2 CPU processes and its replicas end with identical weights, or
+its method declares ``max_world_size = 1`` and the CLI refuses the multi-process fit before any process starts.
 
-The README says every config scales with a Lightning strategy; this is the check on CPUs (gloo). A method that
-cannot run under DDP must refuse before any process starts, which would fail here too.
+The README says how each method scales; this is the check on CPUs (gloo).
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ import pytest
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 
+from lightning_papers.cli import cli_main
 from tests.helpers.ddp import ddp_cpu_kwargs
-from tests.helpers.debug_configs import CASES, build
+from tests.helpers.debug_configs import CASES, CONFIGS, build, flags
 
 
 class AssertReplicasIdentical(Callback):
@@ -31,6 +32,12 @@ class AssertReplicasIdentical(Callback):
 def test_debug_config_runs_on_two_ddp_processes(config: str, tmp_path: Path) -> None:
     overrides, _, total = CASES[config]  # total steps; under DDP each rank takes them on its share of the data
     cli = build(config, tmp_path, overrides, total)
+    if getattr(cli.model, "max_world_size", None) == 1:
+        args = ["fit", "--config", str(CONFIGS / config), *flags(overrides), "--trainer.logger", "false",
+                "--trainer.default_root_dir", str(tmp_path), "--trainer.devices", "2", "--trainer.strategy", "ddp_spawn"]
+        with pytest.raises(ValueError, match="world_size=2"):
+            cli_main(args)  # refused in the CLI's before_fit: no process is spawned, nothing is trained
+        return
     settings = {k: v for k, v in cli.config.trainer.as_dict().items() if k in ("max_epochs", "max_steps",
                 "reload_dataloaders_every_n_epochs", "check_val_every_n_epoch", "num_sanity_val_steps")}
     check = AssertReplicasIdentical()

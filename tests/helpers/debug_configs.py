@@ -32,6 +32,7 @@ CASES: dict[str, tuple[dict[str, object], int, int]] = {
         "model.nuisance_steps": 40, "model.warm_start_steps": 10, "model.batch_size": 64,
         "trainer.max_epochs": 3, "trainer.check_val_every_n_epoch": 1,
     }, 15, 30),
+    "shilled_auctions/debug.yaml": ({"data.replicas": 64, "data.horizon": 4000, "data.block": 250}, 7, 16),
 }
 
 
