@@ -34,7 +34,8 @@ def test_debug_config_runs_on_two_ddp_processes(config: str, tmp_path: Path) -> 
     cli = build(config, tmp_path, overrides, total)
     if getattr(cli.model, "max_world_size", None) == 1:
         args = ["fit", "--config", str(CONFIGS / config), *flags(overrides), "--trainer.logger", "false",
-                "--trainer.default_root_dir", str(tmp_path), "--trainer.devices", "2", "--trainer.strategy", "ddp_spawn"]
+                "--trainer.default_root_dir", str(tmp_path), "--trainer.devices", "2",
+                "--trainer.strategy", "ddp_spawn"]
         with pytest.raises(ValueError, match="world_size=2"):
             cli_main(args)  # refused in the CLI's before_fit: no process is spawned, nothing is trained
         return
