@@ -15,16 +15,15 @@ Sigma_t = (1-t)^2 A + t^2 B + t(1-t)(C + C^T) + sigma^2 t(1-t) I.
 
 from __future__ import annotations
 
-import itertools
 import math
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
+
+from lightning_papers.datamodules.step_clock import StepClock, StepIndices
 
 TOYS = ("8gaussians", "moons", "gaussian", "checkerboard")
 
@@ -123,53 +122,6 @@ def entropic_ot_cost(m0: torch.Tensor, a: torch.Tensor, m1: torch.Tensor, b: tor
     return float(((m0 - m1).double() ** 2).sum() + a.double().trace() + b.double().trace() - 2 * c.trace())
 
 
-class _Steps(Dataset):
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return torch.tensor(i)
-
-
-class StepClock(DataLoader):
-    """A ``DataLoader`` of ``len(dataset)`` dummy batches per epoch that resumes in the middle of an epoch.
-
-    Lightning saves ``state_dict()`` of a training loader that has one in the checkpoint and calls
-    ``load_state_dict`` before iterating again, so a run stopped after k of n steps plays the remaining n - k
-    steps of that epoch on resume (a plain ``DataLoader`` would replay all n). Lightning fetches from a sized
-    loader only when a step consumes the batch (no prefetch), so "served" equals "consumed". Extra keyword
-    arguments go to ``DataLoader`` (Lightning re-creates the loader with a ``DistributedSampler`` under DDP).
-    """
-
-    def __init__(self, dataset: Dataset, **kwargs: Any) -> None:
-        super().__init__(dataset, **kwargs)
-        self.served = 0  # batches handed out in the current epoch
-        self.skip = 0  # batches the next epoch's iterator skips (set by load_state_dict)
-
-    @classmethod
-    def of(cls, steps: int) -> StepClock:
-        """A clock of ``steps`` batches of size 1 (the batch is the step's index in the epoch)."""
-        return cls(_Steps(steps), batch_size=1)
-
-    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
-        skip, self.skip = self.skip, 0
-        self.served = skip
-        for batch in itertools.islice(super().__iter__(), skip, None):
-            self.served += 1
-            yield batch
-
-    def state_dict(self) -> dict[str, int]:
-        return {"served": self.served}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        served = int(state["served"])
-        self.served = served
-        self.skip = served if 0 < served < len(self) else 0  # a finished epoch restarts from its beginning
-
-
 class PointCloudPairBase(LightningDataModule):
     """Shared part: holds the four clouds and serves the step clock (see module doc)."""
 
@@ -205,10 +157,10 @@ class PointCloudPairBase(LightningDataModule):
         return StepClock.of(self.steps_per_epoch)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(_Steps(1), batch_size=1)
+        return DataLoader(StepIndices(1), batch_size=1)
 
     def test_dataloader(self) -> DataLoader:
-        return DataLoader(_Steps(1), batch_size=1)
+        return DataLoader(StepIndices(1), batch_size=1)
 
 
 class PointCloudPairDataModule(PointCloudPairBase):

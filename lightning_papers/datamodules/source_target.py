@@ -23,7 +23,9 @@ from typing import Literal
 import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
+
+from lightning_papers.datamodules.step_clock import StepClock, StepIndices
 
 GRIDS: dict[str, list[tuple[float, float]]] = {
     "symmetric": [(s, t) for s in (-1.0, -0.5, 0.0, 0.5, 1.0) for t in (0.5, 1.0, 1.5)],
@@ -93,17 +95,6 @@ def numeric_column(table: dict[str, list], name: str, where: str) -> np.ndarray:
         if not math.isfinite(out[i]):
             raise ValueError(f"{where} column {name!r} row {i + 1}: value {v!r} is NaN or infinite")
     return out
-
-
-class _Steps(Dataset):
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return torch.tensor(i)
 
 
 class SourceTargetDataModule(LightningDataModule):
@@ -305,13 +296,13 @@ class SourceTargetDataModule(LightningDataModule):
         return int(self.source_a.shape[1])
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(_Steps(self.hparams.steps_per_epoch), batch_size=1)
+        return StepClock.of(self.hparams.steps_per_epoch)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(_Steps(1), batch_size=1)
+        return DataLoader(StepIndices(1), batch_size=1)
 
     def test_dataloader(self) -> DataLoader:
-        return DataLoader(_Steps(1), batch_size=1)
+        return DataLoader(StepIndices(1), batch_size=1)
 
     def predict_dataloader(self) -> DataLoader:
-        return DataLoader(_Steps(1), batch_size=1)
+        return DataLoader(StepIndices(1), batch_size=1)

@@ -24,9 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
+
+from lightning_papers.datamodules.step_clock import StepClock, StepIndices
 
 
 @dataclass(frozen=True)
@@ -247,17 +248,6 @@ def export_cooling_water(path: str | Path) -> Path:
     return out
 
 
-class _Steps(Dataset):
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return torch.tensor(i)
-
-
 class TrajectoryDataModule(LightningDataModule):
     """Trajectories of a classical system (known equations) or of the user's CSV, for equation discovery.
 
@@ -345,13 +335,13 @@ class TrajectoryDataModule(LightningDataModule):
         self.train_trajectories = add_noise(clean, self.noise, rng)
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(_Steps(self.steps_per_epoch), batch_size=1)
+        return StepClock.of(self.steps_per_epoch)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(_Steps(1), batch_size=1)
+        return DataLoader(StepIndices(1), batch_size=1)
 
     def test_dataloader(self) -> DataLoader:
-        return DataLoader(_Steps(1), batch_size=1)
+        return DataLoader(StepIndices(1), batch_size=1)
 
 
 def main(argv: list[str] | None = None) -> None:

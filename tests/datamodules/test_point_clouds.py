@@ -13,13 +13,13 @@ from lightning_papers.datamodules.point_clouds import (
     TOYS,
     GaussianPairDataModule,
     PointCloudPairDataModule,
-    StepClock,
     entropic_cross_covariance,
     entropic_ot_cost,
     load_points,
     sample_toy,
     sb_marginal,
 )
+from lightning_papers.datamodules.step_clock import StepClock
 from lightning_papers.methods.qdsb.transport import sinkhorn_plan
 
 

@@ -14,7 +14,8 @@ import yaml
 from lightning.pytorch import Callback, LightningDataModule, LightningModule, Trainer
 
 from lightning_papers.cli import cli_main
-from lightning_papers.datamodules.point_clouds import GaussianPairDataModule, PointCloudPairDataModule, StepClock
+from lightning_papers.datamodules.point_clouds import GaussianPairDataModule, PointCloudPairDataModule
+from lightning_papers.datamodules.step_clock import StepClock
 from lightning_papers.methods.qdsb.coupling import QuantizedCoupling
 from lightning_papers.methods.qdsb.module import SF2MModule
 from lightning_papers.metrics.distributions import energy_distance, gaussian_kl, mmd_rbf, wasserstein
