@@ -168,6 +168,8 @@ class LightningPapersCLI(LightningCLI):
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Trainer:
         trainer = super()._instantiate_trainer(config, [c for c in callbacks if c is not None])
         for logger in wandb_loggers(trainer.loggers):
+            if logger.save_dir:  # wandb warns "git root ... does not exist" when its dir is not there yet
+                Path(logger.save_dir).mkdir(parents=True, exist_ok=True)
             # Lightning always passes anonymous=None, and wandb warns on every run that the setting has no effect.
             if logger._wandb_init.get("anonymous") is None:
                 logger._wandb_init.pop("anonymous", None)
