@@ -6,9 +6,11 @@ counter-based stream). Every learner is told the horizon T (one run per T). m ~ 
 
     flock /tmp/bench.lock .venv/bin/python benchmarks/shilled_auctions.py            # CPU tier, a few minutes
     .venv/bin/python benchmarks/shilled_auctions.py --tier gpu --device cuda         # R = 1024 at every T
+    flock /tmp/bench.lock .venv/bin/python benchmarks/shilled_auctions.py --part on_win   # unknown value, ~1 min
 
 Writes ``benchmarks/results/shilled_auctions.json`` (``_gpu`` for the GPU tier) and
-``docs/figures/shilled_auctions_*.png``.
+``docs/figures/shilled_auctions_*.png``; ``--part on_win`` writes ``benchmarks/results/shilled_auctions_on_win.json``
+(S1, v_t ~ U[0.5, 1] shown only after a win, against the same learners told the value E[v] = 0.75).
 """
 
 from __future__ import annotations
@@ -86,7 +88,11 @@ def main() -> None:
     parser.add_argument("--exp3-max-T", type=int, default=32_000, help="EXP3-IX updates every round (slow)")
     parser.add_argument("--report", action="store_true", help="print the markdown tables of the saved JSON and exit")
     parser.add_argument("--race-warmup", type=float, default=BiddingConfig.race_warmup, help="BiddingConfig field")
+    parser.add_argument("--part", choices=["main", "on_win"], default="main", help="on_win: the unknown-value part")
     args = parser.parse_args()
+    if args.part == "on_win":
+        on_win_part(args.device, args.report)
+        return
     global CONFIG
     CONFIG = BiddingConfig(race_warmup=args.race_warmup)
     suffix = "" if args.tier == "cpu" else "_gpu"
@@ -155,6 +161,62 @@ def main() -> None:
     figures(results, suffix)
     report(results)
     print(f"wrote {out} in {results['meta']['seconds_total']:.0f} s")
+
+
+ON_WIN_HORIZONS = [2_000, 8_000, 32_000, 128_000, 512_000]
+ON_WIN_REPLICAS = {2_000: 128, 8_000: 64, 32_000: 32, 128_000: 16, 512_000: 8}
+
+
+def run_value(name: str, T: int, R: int, device: str, on_win: bool, seed: int = 0) -> tuple[float, float]:
+    """S1, m ~ Beta(2, 4). ``on_win``: v_t ~ U[0.5, 1] shown only after a win (bids in [0, 1]); otherwise the
+    learner is told v = E[v] = 0.75 (bids in [0, 0.75]). Both have the benchmark U(b) = (0.75 − b)·F_m(b)."""
+    values = Uniform(0.5, 1.0) if on_win else None
+    env = ShilledAuctionEnv(beta(2.0, 4.0), Uniform(0, 1), 1.0 if on_win else 0.75, R, seed, device=device,
+                            values=values, value_revealed="on_win" if on_win else "always")  # fmt: skip
+    learner = build_learner(name, R, env.value, T, Uniform(0, 1), CONFIG, best_bid=env.best_bid, seed=seed,
+                            device=device, value_known=not on_win)  # fmt: skip
+    play(learner, env, T)
+    regret = env.regret.cpu()
+    return float(regret.mean()), float(regret.std() / math.sqrt(R)) if R > 1 else 0.0
+
+
+def on_win_part(device: str, only_report: bool) -> None:
+    out = ROOT / "benchmarks/results/shilled_auctions_on_win.json"
+    if only_report:
+        on_win_report(json.loads(out.read_text()))
+        return
+    torch.set_num_threads(1)
+    total = time.perf_counter()
+    results: dict = {"horizons": ON_WIN_HORIZONS, "slope_from": 8_000, "regret": {}, "slopes": {}}
+    for name in ["robust", "optimistic", "racing"]:
+        for variant in ("on_win", "known E[v]"):
+            rows = []
+            for T in ON_WIN_HORIZONS:
+                mean, se = run_value(name, T, ON_WIN_REPLICAS[T], device, variant == "on_win")
+                rows.append({"T": T, "R": ON_WIN_REPLICAS[T], "regret": mean, "se": se})
+            key = f"{name} / {variant}"
+            keep = [r for r in rows if r["T"] >= results["slope_from"]]
+            results["regret"][key] = rows
+            results["slopes"][key] = float(
+                np.polyfit(np.log([r["T"] for r in keep]), np.log([r["regret"] for r in keep]), 1)[0]
+            )
+            print(f"{key:28s} slope {results['slopes'][key]:5.2f}", flush=True)
+    results["meta"] = {"device": device, "machine": platform.machine(), "torch": torch.__version__,
+                       "threads": torch.get_num_threads(), "seconds_total": time.perf_counter() - total,
+                       "date": time.strftime("%Y-%m-%d")}  # fmt: skip
+    out.write_text(json.dumps(results, indent=1))
+    on_win_report(results)
+    print(f"wrote {out} in {results['meta']['seconds_total']:.0f} s")
+
+
+def on_win_report(results: dict) -> None:
+    ts = results["horizons"]
+    head = " | ".join(f"T={t:,}" for t in ts)
+    print(f"\n| learner / value | {head} | slope (T >= {results['slope_from']:,}) |")
+    print("|---|" + "---|" * (len(ts) + 1))
+    for key, rows in results["regret"].items():
+        cells = [f"{r['regret']:,.0f} ± {r['se']:,.0f}" for r in rows]
+        print(f"| {key} | " + " | ".join(cells) + f" | {results['slopes'][key]:.2f} |")
 
 
 def report(results: dict) -> None:

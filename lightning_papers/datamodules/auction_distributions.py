@@ -342,3 +342,29 @@ def draw_rounds(
     rounds = torch.arange(start, start + n, dtype=torch.int64, device=replicas.device)
     u_m, u_s = counter_uniform_pair(seed, 0, replicas, rounds)
     return competing.sample(u_m), shill.sample(u_s)
+
+
+def draw_values(values: BidDistribution, seed: int, start: int, n: int, replicas: Tensor) -> Tensor:
+    """The bidder's values v_t ~ F_v of rounds ``start .. start+n−1`` for ``replicas`` (ids), ``[n, R]``.
+
+    A stream of its own (stream 1), so drawing values leaves the competing and shill bids of every round unchanged.
+    """
+    rounds = torch.arange(start, start + n, dtype=torch.int64, device=replicas.device)
+    return values.sample(counter_uniform(seed, 1, replicas, rounds))
+
+
+def exact_mean(law: BidDistribution) -> float:
+    """E[X]: closed form for a point mass and a uniform law, else :meth:`BidDistribution.mean` (numerical)."""
+    if isinstance(law, PointMass):
+        return float(law.at)
+    if isinstance(law, Uniform):
+        return (float(law.low) + float(law.high)) / 2.0
+    if isinstance(law, Empirical):
+        return float(law.sorted.mean())
+    return law.mean()
+
+
+def support_of(law: BidDistribution) -> tuple[float, float]:
+    """(lowest, highest) point of the law's support (its quantiles at 0 and 1)."""
+    q = law.quantile(torch.tensor([0.0, 1.0], dtype=torch.float64))
+    return float(q[0]), float(q[1])

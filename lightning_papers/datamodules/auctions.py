@@ -10,6 +10,10 @@ Scenarios (this repository's names for the regimes of arXiv 2605.22438): m ~ Bet
 empirical law of a CSV column of historic competing bids; the shill ``none`` (S0), ``uniform`` U[0, 1] (S1),
 ``low_shill`` ρ·δ_0 + (1 − ρ)·U[0.8, 1] (S2), ``misspecified`` (S3: the true shill is S2 but the learner is told
 U[0, 1]) or ``csv`` (the empirical law of a column of shill bids). The learner's belief is ``believed_shill``.
+
+The value: ``value_distribution: fixed`` (v every round, the default) or ``uniform`` (v_t ~ U[value_low, value]
+i.i.d., drawn from a stream of its own; batches then also hold ``"v": [B, R]``); ``value_revealed: on_win`` hides
+v_t from the learner except after a win (the environment enforces it).
 """
 
 from __future__ import annotations
@@ -21,7 +25,13 @@ from typing import Any, Literal
 import torch
 from lightning.pytorch import LightningDataModule
 
-from lightning_papers.datamodules.auction_distributions import BidDistribution, build_distribution, draw_rounds
+from lightning_papers.datamodules.auction_distributions import (
+    BidDistribution,
+    Uniform,
+    build_distribution,
+    draw_rounds,
+    draw_values,
+)
 
 ShillName = Literal["none", "uniform", "low_shill", "misspecified", "csv"]
 
@@ -30,9 +40,16 @@ class BlockStream:
     """An iterable of blocks of rounds that remembers where it is (``state_dict``), so Lightning resumes it."""
 
     def __init__(
-        self, competing: BidDistribution, shill: BidDistribution, seed: int, horizon: int, block: int, replicas: int
+        self,
+        competing: BidDistribution,
+        shill: BidDistribution,
+        seed: int,
+        horizon: int,
+        block: int,
+        replicas: int,
+        values: BidDistribution | None = None,
     ) -> None:
-        self.competing, self.shill, self.seed = competing, shill, seed
+        self.competing, self.shill, self.seed, self.values = competing, shill, seed, values
         self.horizon, self.block, self.replicas = horizon, block, replicas
         self.next_block = 0
 
@@ -46,7 +63,10 @@ class BlockStream:
             n = min(self.block, self.horizon - start)
             m, s = draw_rounds(self.competing, self.shill, self.seed, start, n, ids)
             self.next_block += 1
-            yield {"m": m, "s": s, "start": start}
+            if self.values is None:
+                yield {"m": m, "s": s, "start": start}
+            else:
+                yield {"m": m, "s": s, "v": draw_values(self.values, self.seed, start, n, ids), "start": start}
         self.next_block = 0
 
     def state_dict(self) -> dict[str, int]:
@@ -63,7 +83,8 @@ class AuctionDataModule(LightningDataModule):
         replicas: R, independent bidders simulated side by side (>= 1).
         horizon: T, rounds per replica.
         block: Rounds per batch (one training step).
-        value: The bidder's value v > 0.
+        value: The bidder's value v > 0 (with ``value_distribution: uniform`` the largest value; bids stay in
+            [0, v]).
         competing: Law of the real competing bid: ``beta``, ``uniform`` or ``csv``.
         beta_a: a of Beta(a, b).
         beta_b: b of Beta(a, b).
@@ -79,6 +100,10 @@ class AuctionDataModule(LightningDataModule):
         believed_shill: The shill law the learner is told; ``None`` means the true one (``uniform`` for
             ``misspecified``).
         seed: Seed of the draws.
+        value_distribution: ``fixed`` (v_t = v) or ``uniform`` (v_t ~ U[value_low, v], i.i.d. per round).
+        value_low: Lower end of the uniform value law, in [0, v).
+        value_revealed: ``always`` (the learner knows v, or sees v_t after every round) or ``on_win`` (v_t is
+            shown only after a win; the learner estimates E[v] from its won rounds).
     """
 
     def __init__(
@@ -100,6 +125,9 @@ class AuctionDataModule(LightningDataModule):
         shill_column: str = "shill",
         believed_shill: ShillName | None = None,
         seed: int = 0,
+        value_distribution: Literal["fixed", "uniform"] = "fixed",
+        value_low: float = 0.0,
+        value_revealed: Literal["always", "on_win"] = "always",
     ) -> None:
         super().__init__()
         for name, v in (("replicas", replicas), ("horizon", horizon), ("block", block)):
@@ -107,6 +135,17 @@ class AuctionDataModule(LightningDataModule):
                 raise ValueError(f"{name} must be an integer >= 1, got {v}")
         if not (value > 0 and math.isfinite(value)):
             raise ValueError(f"value v must be a finite number > 0, got {value}")
+        if value_revealed not in ("always", "on_win"):
+            raise ValueError(f"value_revealed must be 'always' or 'on_win', got {value_revealed!r}")
+        if value_distribution == "fixed":
+            self.values: BidDistribution | None = None
+        elif value_distribution == "uniform":
+            if not (math.isfinite(value_low) and 0 <= value_low < value):
+                raise ValueError(f"value_low must be in [0, value={value}) for uniform values, got {value_low}")
+            self.values = Uniform(value_low, value)
+        else:
+            raise ValueError(f"value_distribution must be 'fixed' or 'uniform', got {value_distribution!r}")
+        self.value_revealed = value_revealed
         self.replicas, self.horizon, self.block, self.value, self.seed = replicas, horizon, block, float(value), seed
         self.shill_name = shill
         self.competing = build_distribution(
@@ -128,5 +167,7 @@ class AuctionDataModule(LightningDataModule):
 
     def train_dataloader(self) -> BlockStream:
         if self.stream is None:
-            self.stream = BlockStream(self.competing, self.shill, self.seed, self.horizon, self.block, self.replicas)
+            self.stream = BlockStream(
+                self.competing, self.shill, self.seed, self.horizon, self.block, self.replicas, self.values
+            )
         return self.stream

@@ -16,6 +16,8 @@ from lightning_papers.datamodules.auction_distributions import (
     build_distribution,
     counter_uniform,
     draw_rounds,
+    draw_values,
+    exact_mean,
     low_shill,
     read_bids_csv,
 )
@@ -71,6 +73,23 @@ def test_block_size_does_not_change_the_rounds() -> None:
     (mb,) = [x["m"] for x in b.train_dataloader()]
     assert [x["start"] for x in a.train_dataloader()] == [0, 300, 600, 900]
     assert torch.equal(ma, mb) and ma.shape == (1000, 30)
+
+
+def test_random_values_are_a_stream_of_their_own() -> None:
+    """Batches carry v_t only when values are random; m and s are unchanged by drawing them; E[v] is exact."""
+    fixed = AuctionDataModule(replicas=8, horizon=600, block=200, seed=5)
+    random = AuctionDataModule(replicas=8, horizon=600, block=200, seed=5, value_distribution="uniform",
+                               value_low=0.25, value_revealed="on_win")  # fmt: skip
+    assert fixed.values is None and fixed.value_revealed == "always" and random.value_revealed == "on_win"
+    for a, b in zip(fixed.train_dataloader(), random.train_dataloader()):
+        assert "v" not in a and torch.equal(a["m"], b["m"]) and torch.equal(a["s"], b["s"])
+        assert torch.equal(b["v"], draw_values(Uniform(0.25, 1.0), 5, b["start"], 200, torch.arange(8)))
+    v = draw_values(Uniform(0.25, 1.0), 5, 0, 4000, torch.arange(8))
+    assert 0.25 <= float(v.min()) and float(v.max()) <= 1.0 and abs(float(v.mean()) - 0.625) < 0.01
+    assert float(torch.corrcoef(torch.stack([v.flatten(), draw_rounds(beta(2, 4), Uniform(0, 1), 5, 0, 4000,
+                                torch.arange(8))[0].flatten()]))[0, 1].abs()) < 0.03  # fmt: skip
+    assert exact_mean(Uniform(0.25, 1.0)) == 0.625 and exact_mean(PointMass(0.3)) == 0.3
+    assert exact_mean(beta(2, 4)) == pytest.approx(1 / 3, abs=1e-4)
 
 
 def test_stream_state_resumes_at_the_next_block() -> None:

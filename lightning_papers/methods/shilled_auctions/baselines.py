@@ -63,12 +63,20 @@ class Exp3Learner(_GridLearner):
         self._last = (j, p.gather(1, j[:, None])[:, 0])
         return self.grid[j][None, :]
 
-    def update(self, bids: Tensor, won: Tensor, reports: Tensor, plays: Tensor | None = None) -> None:
+    def update(
+        self, bids: Tensor, won: Tensor, reports: Tensor, plays: Tensor | None = None, values: Tensor | None = None
+    ) -> None:
         bids, won, _ = as_rows(bids, won, reports)
         if bids.shape[0] != 1 or self._last is None:
             raise ValueError("EXP3-IX is updated once per round, right after bids(1)")
         j, p = self._last
-        loss = 1.0 - (self.value - bids[0]) * won[0] / self.value
+        if self.value_known:
+            loss = 1.0 - (self.value - bids[0]) * won[0] / self.value
+        else:  # realised utility (v_t − b)·1{win} ∈ [−v, v] (v_t is shown on a win), mapped to a loss in [0, 1]
+            if values is None:
+                raise ValueError("EXP3-IX does not know v (hide_value()): update needs values=")
+            v = values.reshape(1, self.replicas).to(torch.float64)[0]
+            loss = 0.5 - torch.where(won[0] > 0, v - bids[0], torch.zeros_like(v)) / (2 * self.value)
         self.loss.scatter_add_(1, j[:, None], (loss / (p + self.gamma))[:, None])
         self._last = None
         self.t += 1
@@ -101,7 +109,10 @@ class TransparentLearner(_GridLearner):
     def bids(self, n: int) -> Tensor:
         return self.grid[self.choice][None, :].expand(n, self.replicas)
 
-    def update(self, bids: Tensor, won: Tensor, reports: Tensor, plays: Tensor | None = None) -> None:
+    def update(
+        self, bids: Tensor, won: Tensor, reports: Tensor, plays: Tensor | None = None, values: Tensor | None = None
+    ) -> None:
+        self.observe_values(values)
         bids, _, reports = as_rows(bids, won, reports)
         if bool(torch.isnan(reports).any()):
             raise ValueError("the transparent learner needs the competing bid on every round (transparent=True)")
@@ -110,16 +121,17 @@ class TransparentLearner(_GridLearner):
         self.t += bids.shape[0]
         if self.t >= self.next_check:
             cdf = torch.cumsum(self.counts[:, : self.K], 1) / self.counts.sum(1, keepdim=True).clamp_min(1.0)
-            self.choice = torch.argmax((self.value - self.grid) * cdf, 1)
+            self.choice = torch.argmax((self.value_estimate()[:, None] - self.grid) * cdf, 1)
             self.next_check = self.t + max(self.K, math.ceil(self.config.check_fraction * self.t))
 
     def state_dict(self) -> dict[str, Any]:
         return {"t": self.t, "next_check": self.next_check, "counts": self.counts.cpu().clone(),
-                "choice": self.choice.cpu().clone()}  # fmt: skip
+                "choice": self.choice.cpu().clone(), **self.value_state()}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.t, self.next_check = int(state["t"]), int(state["next_check"])
         self.counts, self.choice = state["counts"].to(self.device).clone(), state["choice"].to(self.device).clone()
+        self.load_value_state(state)
 
 
 class FixedBidLearner(Learner):
@@ -137,7 +149,9 @@ class FixedBidLearner(Learner):
     def bids(self, n: int) -> Tensor:
         return torch.full((n, self.replicas), self.fixed, dtype=torch.float64, device=self.device)
 
-    def update(self, bids: Tensor, won: Tensor, reports: Tensor, plays: Tensor | None = None) -> None:
+    def update(
+        self, bids: Tensor, won: Tensor, reports: Tensor, plays: Tensor | None = None, values: Tensor | None = None
+    ) -> None:
         self.t += bids.reshape(-1, self.replicas).shape[0]
 
     def state_dict(self) -> dict[str, Any]:

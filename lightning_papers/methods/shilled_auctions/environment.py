@@ -6,16 +6,32 @@ v − b; a win reveals nothing more. After a loss it observes the report R = max
 seen, never who wins. The benchmark is the best fixed bid, U(b) = (v − b)·F_m(b), b* = argmax U, and the
 pseudo-regret of replica r after T rounds is Σ_t U(b*) − U(b_t) (computed exactly from F_m, never sampled).
 
+The value may be unknown (``value_revealed="on_win"``): then v_t ~ F_v is drawn i.i.d. per round (``values``; a
+fixed v when ``values`` is None) and shown to the learner only when it wins; after a loss the learner sees the
+report and nothing about v_t. Since v_t is independent of m_t and of the bid, the benchmark is the expected
+utility U(b) = E[(v_t − b)·1{b >= m_t}] = (E[v] − b)·F_m(b): b* and the pseudo-regret are those of a known value
+E[v]. ``value_revealed="always"`` with random ``values`` shows v_t after every round.
+
 ``transparent=True`` is the fully transparent auction of the baselines (the competing bid is reported on every
 round, also after a win); the learners of the method never need it.
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import Tensor
 
-from lightning_papers.datamodules.auction_distributions import BidDistribution, draw_rounds
+from lightning_papers.datamodules.auction_distributions import (
+    BidDistribution,
+    draw_rounds,
+    draw_values,
+    exact_mean,
+    support_of,
+)
+
+ValueRevealed = Literal["always", "on_win"]
 
 
 def best_bid(competing: BidDistribution, value: float, points: int = 1 << 16) -> tuple[float, float]:
@@ -47,7 +63,8 @@ class ShilledAuctionEnv:
     Args:
         competing: F_m, the law of the real competing bid (unknown to the learner).
         shill: The true law of the shill bid s (``PointMass(0)``: no shill).
-        value: The bidder's value v > 0 (known to the learner).
+        value: The bidder's value v > 0 (known to the learner unless ``value_revealed="on_win"``); with random
+            ``values`` it is the largest value, and bids lie in [0, v] either way.
         replicas: R >= 1.
         seed: Seed of the counter-based random stream (see ``counter_uniform``).
         first_replica: Id of the first replica: replica ``first_replica + i`` sees the same rounds whether it
@@ -55,6 +72,9 @@ class ShilledAuctionEnv:
         device: Where the tensors live.
         transparent: Report the competing bid on every round (the fully transparent baseline auction).
         histogram_bins: If > 0, count the bids played in that many equal bins of [0, v] (``bid_histogram``).
+        values: F_v, the law of the per-round value v_t (support in [0, v]); None: v_t = v every round.
+        value_revealed: ``always`` (v, or v_t after each round, is known) or ``on_win`` (v_t is shown only after a
+            win: ``step_with_values`` returns NaN for it after a loss).
 
     Example::
 
@@ -74,6 +94,8 @@ class ShilledAuctionEnv:
         device: str | torch.device = "cpu",
         transparent: bool = False,
         histogram_bins: int = 0,
+        values: BidDistribution | None = None,
+        value_revealed: ValueRevealed = "always",
     ) -> None:
         if not (isinstance(value, (int, float)) and value > 0 and value < float("inf")):
             raise ValueError(f"value v must be a finite number > 0, got {value}")
@@ -81,20 +103,33 @@ class ShilledAuctionEnv:
             raise ValueError(f"replicas R must be an integer >= 1, got {replicas}")
         if first_replica < 0:
             raise ValueError(f"first_replica must be >= 0, got {first_replica}")
+        if value_revealed not in ("always", "on_win"):
+            raise ValueError(f"value_revealed must be 'always' or 'on_win', got {value_revealed!r}")
+        if values is not None:
+            low, high = support_of(values)
+            if not (0 <= low and high <= value):
+                raise ValueError(
+                    f"the value law {values!r} must lie in [0, v={value}] (bids are capped at v), got support "
+                    f"[{low}, {high}]"
+                )
+        self.values, self.value_revealed = values, value_revealed
+        #: True when the learner knows the (fixed) value v; otherwise it must estimate E[v] from revealed values.
+        self.value_known = values is None and value_revealed == "always"
+        self.mean_value = float(value) if values is None else exact_mean(values)
         self.competing, self.shill, self.value = competing, shill, float(value)
         self.replicas, self.seed, self.transparent = int(replicas), int(seed), transparent
         self.device = torch.device(device)
         self.replica_ids = torch.arange(first_replica, first_replica + self.replicas, device=self.device)
-        self.best_bid, self.best_utility = best_bid(competing, self.value)
+        self.best_bid, self.best_utility = best_bid(competing, self.mean_value)
         self.t = 0
         self.regret = torch.zeros(self.replicas, dtype=torch.float64, device=self.device)
         self.histogram_bins = int(histogram_bins)
         self.bid_histogram = torch.zeros(max(self.histogram_bins, 1), dtype=torch.float64, device=self.device)
 
     def utility(self, bids: Tensor) -> Tensor:
-        """U(b) = (v − b)·F_m(b), exact."""
+        """U(b) = (E[v] − b)·F_m(b), exact (E[v] = v for a fixed value)."""
         bids = bids.to(torch.float64)
-        return (self.value - bids) * self.competing.cdf(bids)
+        return (self.mean_value - bids) * self.competing.cdf(bids)
 
     def check_bids(self, bids: Tensor) -> Tensor:
         """Bids must be ``[R]`` or ``[n, R]`` finite numbers in [0, v]; the message names the first bad bid."""
@@ -110,12 +145,38 @@ class ShilledAuctionEnv:
         """(m, s) of the next ``n`` rounds, ``[n, R]`` (the same values a datamodule serves for these rounds)."""
         return draw_rounds(self.competing, self.shill, self.seed, self.t, n, self.replica_ids)
 
+    def draw_values(self, n: int) -> Tensor:
+        """v_t of the next ``n`` rounds, ``[n, R]`` (v itself when the value is fixed)."""
+        if self.values is None:
+            return torch.full((n, self.replicas), self.value, dtype=torch.float64, device=self.device)
+        return draw_values(self.values, self.seed, self.t, n, self.replica_ids)
+
     def step(self, bids: Tensor, m: Tensor | None = None, s: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Play one round (``bids`` of shape [R]) or n rounds ([n, R]); returns (won, reports), shaped like ``bids``.
 
         ``reports`` is NaN wherever the bidder won (a win reveals nothing) and max(m, s) after a loss. ``m`` and
         ``s`` may be given (a datamodule's block of these rounds); otherwise they are drawn for rounds t, t+1, …
+        (With an unknown value use :meth:`step_with_values`, which also returns what is shown of v_t.)
         """
+        if self.value_known:
+            return self._play(bids, m, s)
+        won, reports, _ = self.step_with_values(bids, m, s)
+        return won, reports
+
+    def step_with_values(
+        self, bids: Tensor, m: Tensor | None = None, s: Tensor | None = None, v: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """As :meth:`step`, plus the values shown to the learner, shaped like ``bids``: v_t after a win, and after
+        a loss too only if ``value_revealed="always"`` (NaN otherwise). ``v`` may be given with ``m`` and ``s``."""
+        n = self.check_bids(bids).shape[0]
+        if v is None:
+            v = self.draw_values(n)
+        won, reports = self._play(bids, m, s)
+        v = v.reshape(won.shape).to(torch.float64)
+        shown = v if self.value_revealed == "always" else torch.where(won, v, torch.full_like(v, float("nan")))
+        return won, reports, shown
+
+    def _play(self, bids: Tensor, m: Tensor | None, s: Tensor | None) -> tuple[Tensor, Tensor]:
         flat = self.check_bids(bids)
         n = flat.shape[0]
         if m is None or s is None:

@@ -27,6 +27,7 @@ def build_learner(
     seed: int = 0,
     first_replica: int = 0,
     device: Any = "cpu",
+    value_known: bool = True,
 ) -> Learner:
     """Build a learner.
 
@@ -42,7 +43,26 @@ def build_learner(
         seed: Seed of EXP3-IX's sampling.
         first_replica: Id of replica 0 (EXP3-IX's random stream).
         device: Where the state lives.
+        value_known: False when the auction does not tell v (``value_revealed="on_win"`` or random values): the
+            learner then estimates E[v] from the values it is shown and ``value`` only caps its bids
+            (:meth:`~lightning_papers.methods.shilled_auctions.base.Learner.hide_value`).
     """
+    learner = _build(name, replicas, value, horizon, shill, config, best_bid, seed, first_replica, device)
+    return learner if value_known else learner.hide_value()
+
+
+def _build(
+    name: str,
+    replicas: int,
+    value: float,
+    horizon: int | None,
+    shill: BidDistribution | None,
+    config: BiddingConfig | None,
+    best_bid: float | None,
+    seed: int,
+    first_replica: int,
+    device: Any,
+) -> Learner:
     config = config or BiddingConfig()
     shill = shill if shill is not None else PointMass(0.0)
     if name not in LEARNERS:

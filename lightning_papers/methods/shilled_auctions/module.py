@@ -29,7 +29,7 @@ from lightning_papers.methods.shilled_auctions.plots import bid_figure, loglog_s
 @runtime_checkable
 class AuctionSource(Protocol):
     """What the module needs from its datamodule besides the batches: the laws (for the exact regret and the
-    learner's belief about the shill), v, R and T."""
+    learner's belief about the shill), v, R and T (optionally ``values``, the law of v_t, and ``value_revealed``)."""
 
     competing: BidDistribution
     shill: BidDistribution
@@ -131,10 +131,12 @@ class ShilledAuctionModule(LightningModule):
         self.env = ShilledAuctionEnv(
             dm.competing, dm.shill, dm.value, dm.replicas, getattr(dm, "seed", 0), device=device,
             transparent=self.learner_name == "transparent", histogram_bins=self.bins,
+            values=getattr(dm, "values", None), value_revealed=getattr(dm, "value_revealed", "always"),
         )  # fmt: skip
         self.learner = build_learner(
             self.learner_name, dm.replicas, dm.value, None if self.anytime else dm.horizon, shill=dm.believed_shill,
             config=self.config, best_bid=self.env.best_bid, seed=getattr(dm, "seed", 0), device=device,
+            value_known=self.env.value_known,
         )  # fmt: skip
 
     @override
@@ -157,7 +159,7 @@ class ShilledAuctionModule(LightningModule):
                 f"block of rounds starting at {start} arrived while the auction is at round {self.env.t}"
             )
         before = self.env.bid_histogram.detach().cpu().numpy().copy()
-        play(self.learner, self.env, m.shape[0], m, s, chunk=self.chunk)
+        play(self.learner, self.env, m.shape[0], m, s, chunk=self.chunk, v=batch.get("v"))
         self.hist_all = self.env.bid_histogram.detach().cpu().numpy().copy()
         self.hist_last = self.hist_all - before
         edges = torch.linspace(0, self.env.value, self.bins + 1, dtype=torch.float64)

@@ -63,16 +63,31 @@ class RacingLearner(Learner):
         b0, b1 = (b.bids(n) for b in self.branches)
         return torch.where(branch == 0, b0.gather(0, slot), b1.gather(0, slot))
 
-    def update(self, bids: Tensor, won: Tensor, reports: Tensor, plays: Tensor | None = None) -> None:
+    def hide_value(self) -> Learner:
+        self.value_known = False
+        for b in self.branches:
+            b.hide_value()
+        return self
+
+    def update(
+        self, bids: Tensor, won: Tensor, reports: Tensor, plays: Tensor | None = None, values: Tensor | None = None
+    ) -> None:
         if plays is not None:
             raise ValueError("the race plays every round itself; it takes no plays count")
+        shown = values
         bids, won, reports = as_rows(bids, won, reports)
         n = bids.shape[0]
         branch, _ = self.assignment(n)
-        util = (self.value - bids) * won
+        if self.value_known:
+            util = (self.value - bids) * won
+        else:  # the realised utility needs v_t only on won rounds, where the auction shows it
+            if values is None:
+                raise ValueError("the race does not know v (hide_value()): update needs values=")
+            v = values.reshape(n, self.replicas).to(torch.float64)
+            util = torch.where(won > 0, v - bids, torch.zeros_like(bids))
         for k, learner in enumerate(self.branches):
             mine = (branch == k).to(torch.float64)
-            learner.update(bids, won, reports, plays=mine.sum(0))  # every round informs both branches
+            learner.update(bids, won, reports, plays=mine.sum(0), values=shown)  # every round informs both
             self.utility[:, k] += (util * mine).sum(0)
             self.rounds[:, k] += mine.sum(0)
         self.t += n
