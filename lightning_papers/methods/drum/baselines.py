@@ -5,6 +5,9 @@
 * ``mi``: multiple imputation, E_{p_S}[mu_hat(x, A)] (DRUM at rho = 0, without training a predictor).
 * ``cvar``: DRO on X only, CVaR_alpha of the source loss (Rockafellar-Uryasev: min_{f, eta} eta +
   E[(l - eta)_+] / alpha), what a user without A-aware tools would pick.
+* ``chi2``: DRO on X only over a chi^2 ball around the source, sup_{Q: chi2(Q||P_S) <= rho} E_Q l with
+  chi2(Q||P) = (1/2) E_P (dQ/dP - 1)^2, through its dual (Duchi & Namkoong 2021, Cressie-Read k = 2):
+  min_{f, eta} sqrt(1 + 2 rho) sqrt(E[(l - eta)_+^2]) + eta (:func:`chi2_dual`), f and eta minimised jointly.
 * ``oracle``: f fitted on labelled target rows (not available in practice; a floor).
 
 DRUM without the bias correction is ``DRUMConfig(bias_correction=False)`` in ``game.py``.
@@ -31,11 +34,26 @@ class Fitted(nn.Module):
         return self.net(x).squeeze(-1)
 
 
+def chi2_dual(ell: torch.Tensor, eta: torch.Tensor, rho: float) -> torch.Tensor:
+    """sqrt(1 + 2 rho) sqrt(mean (ell - eta)_+^2) + eta; its infimum over eta is sup_{chi2(Q||P) <= rho} E_Q ell.
+
+    P is the empirical law of ``ell`` and chi2(Q||P) = (1/2) E_P (dQ/dP - 1)^2 (Duchi & Namkoong 2021, Prop. 1).
+    """
+    if not rho >= 0:
+        raise ValueError(f"chi2 radius rho must be >= 0, got {rho}")
+    return (1 + 2 * rho) ** 0.5 * (torch.relu(ell - eta) ** 2).mean().clamp_min(1e-12).sqrt() + eta
+
+
 def fit_predictor(x: torch.Tensor, y: torch.Tensor, cfg: DRUMConfig, steps: int, cvar_alpha: float | None = None,
-                  weight: torch.Tensor | None = None) -> Fitted:
-    """Adam on minibatches of (x, y) with the config's loss; CVaR_alpha of the loss when ``cvar_alpha`` is set."""
+                  weight: torch.Tensor | None = None, chi2_rho: float | None = None) -> Fitted:
+    """Adam on minibatches of (x, y) with the config's loss; CVaR_alpha of the loss when ``cvar_alpha`` is set,
+    the chi^2-DRO dual (:func:`chi2_dual`, f and eta jointly) when ``chi2_rho`` is set."""
     if cvar_alpha is not None and not 0 < cvar_alpha <= 1:
         raise ValueError(f"cvar_alpha must be in (0, 1], got {cvar_alpha}")
+    if cvar_alpha is not None and chi2_rho is not None:
+        raise ValueError("set at most one of cvar_alpha and chi2_rho")
+    if chi2_rho is not None and not chi2_rho >= 0:
+        raise ValueError(f"chi2_rho must be >= 0, got {chi2_rho}")
     torch.manual_seed(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed + 7)
     f = Fitted(x.shape[1], cfg.hidden)
@@ -46,7 +64,12 @@ def fit_predictor(x: torch.Tensor, y: torch.Tensor, cfg: DRUMConfig, steps: int,
         ell = pointwise_loss(f(x[i]), y[i], cfg.loss)
         if weight is not None:
             ell = ell * weight[i]
-        loss = ell.mean() if cvar_alpha is None else eta + torch.relu(ell - eta).mean() / cvar_alpha
+        if cvar_alpha is not None:
+            loss = eta + torch.relu(ell - eta).mean() / cvar_alpha
+        elif chi2_rho is not None:
+            loss = chi2_dual(ell, eta, chi2_rho)
+        else:
+            loss = ell.mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -88,12 +111,15 @@ class MultipleImputation(nn.Module):
 
 def build_baseline(name: str, nu: nn.Module, x_s: torch.Tensor, y_s: torch.Tensor, cfg: DRUMConfig,
                    steps: int = 1000, x_oracle: torch.Tensor | None = None, y_oracle: torch.Tensor | None = None,
-                   cvar_alpha: float = 0.2) -> nn.Module:
-    """``erm``, ``impute``, ``mi``, ``cvar`` or ``oracle`` (needs ``x_oracle``/``y_oracle``), see the module doc."""
+                   cvar_alpha: float = 0.2, chi2_rho: float = 1.0) -> nn.Module:
+    """``erm``, ``impute``, ``mi``, ``cvar``, ``chi2`` or ``oracle`` (needs ``x_oracle``/``y_oracle``), see the
+    module doc."""
     if name == "erm":
         return fit_predictor(x_s, y_s, cfg, steps)
     if name == "cvar":
         return fit_predictor(x_s, y_s, cfg, steps, cvar_alpha=cvar_alpha)
+    if name == "chi2":
+        return fit_predictor(x_s, y_s, cfg, steps, chi2_rho=chi2_rho)
     if name == "impute":
         return Impute(nu)
     if name == "mi":
@@ -102,4 +128,4 @@ def build_baseline(name: str, nu: nn.Module, x_s: torch.Tensor, y_s: torch.Tenso
         if x_oracle is None or y_oracle is None:
             raise ValueError("the oracle baseline needs labelled target rows (x_oracle, y_oracle)")
         return fit_predictor(x_oracle, y_oracle, cfg, steps)
-    raise ValueError(f"unknown baseline {name!r}; expected erm, impute, mi, cvar or oracle")
+    raise ValueError(f"unknown baseline {name!r}; expected erm, impute, mi, cvar, chi2 or oracle")

@@ -22,6 +22,10 @@ class DRUMConfig:
         conditional: Model of p_S(a | x): ``gaussian`` (heteroscedastic, diagonal) or ``flow`` (zuko NSF).
         loss: ``squared`` (continuous outcome) or ``log`` (binary outcome; the predictor outputs a logit).
         bias_correction: Add the cross-fitted AIPW-type source residual term C(f, phi) to the predictor's loss.
+        omega: Weights omega of the correction: ``density`` (w(x) q_phi(a|x) / p_S(a|x), needs the generator's
+            density, so ``divergence='kl'`` only) or ``classifier`` (a cross-fitted classifier between
+            (X_T, G_phi(X_T, eps)) and (X_S, A_S), refitted every ``omega_every`` game steps; any divergence).
+        omega_every: Game steps between refits of the omega classifier (``omega='classifier'``).
         n_folds: Cross-fitting folds K of the nuisances.
         hidden: Width of every MLP (2 hidden layers): outcome model, conditional, classifier, generator, predictor.
         nuisance_steps: Adam steps of each nuisance fit.
@@ -46,6 +50,8 @@ class DRUMConfig:
     conditional: Literal["gaussian", "flow"] = "gaussian"
     loss: Literal["squared", "log"] = "squared"
     bias_correction: bool = True
+    omega: Literal["density", "classifier"] = "density"
+    omega_every: int = 100
     n_folds: int = 2
     hidden: int = 64
     nuisance_steps: int = 400
@@ -65,13 +71,13 @@ class DRUMConfig:
         if not self.rho >= 0:
             raise ValueError(f"rho must be >= 0, got {self.rho}")
         choices = {"divergence": ("kl", "transport"), "conditional": ("gaussian", "flow"), "loss": ("squared", "log"),
-                   "constraint": ("projection", "dual")}
+                   "constraint": ("projection", "dual"), "omega": ("density", "classifier")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         if self.n_folds < 2:
             raise ValueError(f"n_folds must be >= 2 (cross-fitting), got {self.n_folds}")
-        for name in ("hidden", "batch_size", "n_draws", "k_g", "nuisance_steps"):
+        for name in ("hidden", "batch_size", "n_draws", "k_g", "nuisance_steps", "omega_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("lr_f", "lr_g", "nuisance_lr", "weight_clip"):
@@ -82,8 +88,8 @@ class DRUMConfig:
                 f"lr_dual, lambda_init, warm_start_steps must be >= 0, got {self.lr_dual}, {self.lambda_init}, "
                 f"{self.warm_start_steps}"
             )
-        if self.divergence == "transport" and self.bias_correction:
+        if self.divergence == "transport" and self.bias_correction and self.omega == "density":
             raise ValueError(
-                "bias_correction needs the generator's density q(a|x) (divergence='kl'); the transport generator "
-                "has none: set bias_correction: false with divergence: transport"
+                "omega='density' needs the generator's density q(a|x) (divergence='kl'); the transport generator "
+                "has none: set omega: classifier (or bias_correction: false) with divergence: transport"
             )

@@ -20,7 +20,8 @@ quartic loss against a KL that grows like the log of a variance, as with mu = x 
 there the generator runs away whenever lambda drops below the local curvature.
 
 Bias correction (AIPW type): C(f, phi) = (1/n) sum_i omega(X_i, A_i) [l(Y_i, f(X_i)) - m_f(X_i, A_i)] with
-omega = w(x) q_phi(a|x) / p_S(a|x), every nuisance evaluated out of fold. For fixed phi, E[L + C] does not move
+omega = w(x) q_phi(a|x) / p_S(a|x) (or, with ``omega='classifier'``, from a classifier between (X_T, G_phi(X_T))
+and (X_S, A_S), ``omega.py``), every nuisance evaluated out of fold. For fixed phi, E[L + C] does not move
 to first order when mu is perturbed (the error left is a product |mu_hat - mu| |omega_hat - omega|). The
 predictor minimises L + C; the generator ascends L - lambda D (C is a variance-carrying source average that an
 adversary could otherwise overfit); the reported worst-case risk is L + C.
@@ -37,6 +38,7 @@ from torch import nn
 
 from lightning_papers.methods.drum.config import DRUMConfig
 from lightning_papers.methods.drum.nuisances import mlp
+from lightning_papers.methods.drum.omega import ClassifierOmega
 
 
 def gaussian_kl(m_q: torch.Tensor, s_q: torch.Tensor, m_p: torch.Tensor, s_p: torch.Tensor) -> torch.Tensor:
@@ -173,6 +175,11 @@ class DRUMGame(nn.Module):
         self.register_buffer("lam", torch.tensor(float(cfg.lambda_init)))
         self.register_buffer("steps", torch.tensor(0))
         self.last: dict[str, float] = {}
+        self.omega: ClassifierOmega | None = None
+        if cfg.bias_correction and cfg.omega == "classifier":
+            if not hasattr(nu, "t_folds"):
+                raise ValueError("omega='classifier' needs cross-fitted nuisances (fit_nuisances) for its folds")
+            self.omega = ClassifierOmega(nu.mu_models.folds, nu.t_folds, dim_x, dim_a, cfg)
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         """f(x): the prediction of E[Y | x] (a logit for log-loss)."""
@@ -193,7 +200,12 @@ class DRUMGame(nn.Module):
         """C(f, phi) on source rows ``idx`` (out-of-fold nuisances, clipped omega)."""
         x, a, y = data.x_s[idx], data.a_s[idx], data.y_s[idx]
         with torch.no_grad():
-            log_w = self.nu.ratio(x, idx).log() + self.gen.log_q(a, x, self.nu) - self.nu.log_p(a, x, idx)
+            if self.omega is not None:
+                if int(self.omega.fitted_at) < 0:  # evaluated before any game step
+                    self.omega.refit(self.gen, self.nu, data.x_s, data.a_s, data.x_t, int(self.steps))
+                log_w = self.omega.log_omega(x, a, idx)
+            else:
+                log_w = self.nu.ratio(x, idx).log() + self.gen.log_q(a, x, self.nu) - self.nu.log_p(a, x, idx)
             omega = log_w.exp().clamp(max=self.cfg.weight_clip)
             mu = self.nu.mu(x, a, idx)
         pred = self.predict(x)
@@ -220,6 +232,8 @@ class DRUMGame(nn.Module):
                 self.lam.fill_(max(0.0, float(self.lam) + cfg.lr_dual * (div - cfg.rho)))
             stats["div"] = div
         self.gen.requires_grad_(False)
+        if self.omega is not None and self.omega.due(t):
+            self.omega.refit(self.gen, self.nu, data.x_s, data.a_s, data.x_t, t)
         out = self.risk(data, draw_batch(data, cfg, g), correct=cfg.bias_correction)
         obj = out["risk"] + out.get("correction", 0.0)
         opt_f.zero_grad()
@@ -249,7 +263,7 @@ class DRUMGame(nn.Module):
         g = torch.Generator().manual_seed(seed)
         eps = torch.randn(len(data.x_t), n_draws, data.a_s.shape[1], generator=g)
         batch = {"x_t": data.x_t, "eps": eps, "idx_s": torch.arange(len(data.x_s))}
-        out = self.risk(data, batch, correct=self.cfg.divergence == "kl")
+        out = self.risk(data, batch, correct=self.cfg.divergence == "kl" or self.omega is not None)
         res = {"worst_risk": float(out["risk"]), "div": float(out["div"]), "lam": float(self.lam)}
         if "correction" in out:
             res["correction"] = float(out["correction"])

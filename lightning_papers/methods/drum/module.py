@@ -59,6 +59,9 @@ class DRUMModule(LightningModule):
         constraint: ``projection`` (one ball per x) or ``dual`` (penalised game, dual ascent on lambda).
         conditional: ``gaussian`` or ``flow`` (zuko) model of p_S(a | x).
         bias_correction: Add the cross-fitted AIPW-type correction to the predictor's objective.
+        omega: Correction weights: ``density`` (w q/p_S; ``kl`` only) or ``classifier`` (cross-fitted classifier
+            between (X_T, G(X_T)) and (X_S, A_S); also for ``transport``).
+        omega_every: Game steps between refits of the omega classifier.
         n_folds: Cross-fitting folds.
         hidden: MLP width.
         nuisance_steps: Adam steps per nuisance fit.
@@ -90,6 +93,8 @@ class DRUMModule(LightningModule):
         constraint: Literal["projection", "dual"] = "projection",
         conditional: Literal["gaussian", "flow"] = "gaussian",
         bias_correction: bool = True,
+        omega: Literal["density", "classifier"] = "density",
+        omega_every: int = 100,
         n_folds: int = 2,
         hidden: int = 64,
         nuisance_steps: int = 400,
