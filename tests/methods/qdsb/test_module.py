@@ -53,7 +53,8 @@ def test_cli_fit_writes_metrics_and_figures(tmp_path: Path, monkeypatch: pytest.
     cfg = yaml.safe_load((ROOT / "configs/qdsb/debug.yaml").read_text())
     cfg["trainer"].update(max_epochs=2, check_val_every_n_epoch=1, default_root_dir=str(tmp_path))
     cfg["trainer"]["logger"]["init_args"]["save_dir"] = str(tmp_path)
-    cfg["trainer"]["callbacks"][0]["init_args"]["every_n_epochs"] = 1
+    figures = next(c for c in cfg["trainer"]["callbacks"] if c["class_path"].endswith("FigureLogger"))
+    figures["init_args"]["every_n_epochs"] = 1
     cfg["model"]["init_args"].update(n_anchors=32, n_eval=256, n_sample_steps=20)
     cfg["data"]["init_args"].update(n_train=2048, n_val=256, steps_per_epoch=5)
     path = tmp_path / "cfg.yaml"
