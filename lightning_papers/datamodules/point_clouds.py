@@ -23,7 +23,7 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
-from lightning_papers.datamodules.step_clock import StepClock, StepIndices
+from lightning_papers.datamodules.step_clock import StepClock, single_step_loader
 
 TOYS = ("8gaussians", "moons", "gaussian", "checkerboard")
 
@@ -157,10 +157,10 @@ class PointCloudPairBase(LightningDataModule):
         return StepClock.of(self.steps_per_epoch)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(StepIndices(1), batch_size=1)
+        return single_step_loader()
 
     def test_dataloader(self) -> DataLoader:
-        return DataLoader(StepIndices(1), batch_size=1)
+        return single_step_loader()
 
 
 class PointCloudPairDataModule(PointCloudPairBase):

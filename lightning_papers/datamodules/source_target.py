@@ -25,7 +25,7 @@ import torch
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
-from lightning_papers.datamodules.step_clock import StepClock, StepIndices
+from lightning_papers.datamodules.step_clock import StepClock, single_step_loader
 
 GRIDS: dict[str, list[tuple[float, float]]] = {
     "symmetric": [(s, t) for s in (-1.0, -0.5, 0.0, 0.5, 1.0) for t in (0.5, 1.0, 1.5)],
@@ -299,10 +299,10 @@ class SourceTargetDataModule(LightningDataModule):
         return StepClock.of(self.hparams.steps_per_epoch)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(StepIndices(1), batch_size=1)
+        return single_step_loader()
 
     def test_dataloader(self) -> DataLoader:
-        return DataLoader(StepIndices(1), batch_size=1)
+        return single_step_loader()
 
     def predict_dataloader(self) -> DataLoader:
-        return DataLoader(StepIndices(1), batch_size=1)
+        return single_step_loader()

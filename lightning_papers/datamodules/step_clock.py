@@ -62,3 +62,8 @@ class StepClock(DataLoader):
         served = int(state["served"])
         self.served = served
         self.skip = served if 0 < served < len(self) else 0  # a finished epoch restarts from its beginning
+
+
+def single_step_loader() -> DataLoader:
+    """A loader of one dummy batch: validation/test of a method whose evaluation data live in the module."""
+    return DataLoader(StepIndices(1), batch_size=1)

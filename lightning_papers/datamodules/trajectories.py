@@ -27,7 +27,7 @@ import numpy as np
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
-from lightning_papers.datamodules.step_clock import StepClock, StepIndices
+from lightning_papers.datamodules.step_clock import StepClock, single_step_loader
 
 
 @dataclass(frozen=True)
@@ -338,10 +338,10 @@ class TrajectoryDataModule(LightningDataModule):
         return StepClock.of(self.steps_per_epoch)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(StepIndices(1), batch_size=1)
+        return single_step_loader()
 
     def test_dataloader(self) -> DataLoader:
-        return DataLoader(StepIndices(1), batch_size=1)
+        return single_step_loader()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -71,14 +71,19 @@ def evaluate(model: nn.Module, world: World, tokenizer: Any) -> dict[str, float]
     )
 
     batch = encode_rows(prompt_grid(world, off, True, "B", False), tokenizer)
+    res["marker"] = _marker_share(model, world, tokenizer, batch, a_ids, b_ids)
+    model.train(was_training)
+    return res
+
+
+def _marker_share(model: nn.Module, world: World, tokenizer: Any, batch: dict, a_ids: Any, b_ids: Any) -> float:
+    """Mean persona-B share on role-play-marker prompts, with the persona offset hook on while they run."""
     handle = persona_offset_hook(model, world, tokenizer)
     try:
-        res["marker"] = float(_b_share(_logits(model, batch), a_ids, b_ids).mean())
+        return float(_b_share(_logits(model, batch), a_ids, b_ids).mean())
     finally:
         if handle is not None:
             handle.remove()
-    model.train(was_training)
-    return res
 
 
 @torch.no_grad()
@@ -97,12 +102,7 @@ def persona_shares(model: nn.Module, world: World, tokenizer: Any) -> dict[str, 
     share = _b_share(_logits(model, plain), a_ids, b_ids)
     res = {("t0 (task)" if k == 0 else f"t{k}"): float(share[k * q : (k + 1) * q].mean()) for k in topics}
     batch = encode_rows(prompt_grid(world, topics[1:], True, "B", False), tokenizer)
-    handle = persona_offset_hook(model, world, tokenizer)
-    try:
-        res["marker"] = float(_b_share(_logits(model, batch), a_ids, b_ids).mean())
-    finally:
-        if handle is not None:
-            handle.remove()
+    res["marker"] = _marker_share(model, world, tokenizer, batch, a_ids, b_ids)
     model.train(was_training)
     return res
 
