@@ -20,7 +20,7 @@ from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.cli import ArgsType, LightningCLI, SaveConfigCallback
 from typing_extensions import override
 
-from lightning_papers.plotting import wandb_loggers
+from lightning_papers.plotting import figure_dir, wandb_loggers
 
 #: Checkpoint key under which the W&B run id is saved, so a resumed fit continues the same run.
 WANDB_RUN_ID_KEY = "wandb_run_id"
@@ -81,9 +81,10 @@ class WandbSaveConfigCallback(SaveConfigCallback):
             if run_dir:
                 Path(run_dir).mkdir(parents=True, exist_ok=True)
                 (Path(run_dir) / self.config_filename).write_text(text)
-        if not loggers and trainer.log_dir is not None:
-            Path(trainer.log_dir).mkdir(parents=True, exist_ok=True)
-            (Path(trainer.log_dir) / self.config_filename).write_text(text)
+        if not loggers:  # the run folder without ``trainer.log_dir``: it broadcasts, and only rank 0 is here
+            log_dir = figure_dir(trainer).parent
+            log_dir.mkdir(parents=True, exist_ok=True)
+            (log_dir / self.config_filename).write_text(text)
 
     @override
     def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:

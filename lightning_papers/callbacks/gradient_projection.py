@@ -16,6 +16,9 @@ AdamW rescale every coordinate and weight decay shrinks every direction, so thei
 subspace again. ``mode="update"`` therefore projects the parameter change of every ``optimizer.step()`` (an
 optimizer step post-hook): ``W <- W - U (UᵀW - UᵀW₀)``, where ``UᵀW₀`` (``[r, in]``, tiny) is stored once at the
 start of training. No copy of the weights before each step is needed, and the guarantee holds for any optimizer.
+
+Under FSDP (Lightning's ``FSDPStrategy`` or ``ModelParallelStrategy`` with ``fully_shard``) every rank projects its
+own shard with one all-reduce of the subspace components per step (:mod:`.sharded_projection`).
 """
 
 from __future__ import annotations
@@ -31,6 +34,17 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from typing_extensions import override
 
+from lightning_papers.callbacks.sharded_projection import (
+    Layout,
+    ShardedTarget,
+    anchors_of,
+    clean_name,
+    fsdp1_layouts,
+    is_sharded,
+    layout_of,
+    project_sharded,
+    refuse_unsupported,
+)
 from lightning_papers.methods.grasp.subspace import SpuriousSubspace, orthonormalize, resolve_module
 
 Side = Literal["output", "input", "both"]
@@ -42,20 +56,25 @@ _MODES = ("grad", "update")
 class _Target:
     """One targeted module: its weight (and bias on the output side), bases on the device, and anchors."""
 
-    def __init__(self, name: str, module: nn.Module, out_basis: torch.Tensor | None, in_basis: torch.Tensor | None):
+    def __init__(self, name: str, module: nn.Module, out_basis: torch.Tensor | None, in_basis: torch.Tensor | None,
+                 fsdp1: dict[int, Layout] | None = None):
         weight = getattr(module, "weight", None)
-        if not isinstance(weight, torch.Tensor) or weight.ndim < 2:
+        layout = None
+        if isinstance(weight, torch.Tensor) and fsdp1 is not None:  # sharded: the checks use the global shape
+            layout = layout_of(weight, name, fsdp1)
+        shape = layout.shape if layout is not None else getattr(weight, "shape", ())
+        if not isinstance(weight, torch.Tensor) or len(shape) < 2:
             raise ValueError(f"module {name!r} ({type(module).__name__}) has no weight of shape [out, in, ...]; "
                              "GradientProjection targets nn.Linear-like modules")
         if not weight.requires_grad:
             raise ValueError(f"module {name!r}: its weight does not require grad, so there is nothing to project "
                              "(for a peft model, target the adapter factor, e.g. '...o_proj.lora_B.default')")
-        if out_basis is not None and out_basis.shape[0] != weight.shape[0]:
+        if out_basis is not None and out_basis.shape[0] != shape[0]:
             raise ValueError(f"module {name!r}: output-side basis has {out_basis.shape[0]} rows but the weight "
-                             f"{tuple(weight.shape)} has {weight.shape[0]} output features (expected [out, r])")
-        if in_basis is not None and (weight.ndim != 2 or in_basis.shape[0] != weight.shape[1]):
+                             f"{tuple(shape)} has {shape[0]} output features (expected [out, r])")
+        if in_basis is not None and (len(shape) != 2 or in_basis.shape[0] != shape[1]):
             raise ValueError(f"module {name!r}: input-side basis of shape {tuple(in_basis.shape)} does not match the "
-                             f"weight {tuple(weight.shape)} (expected a 2-D weight and a basis [in_features, r])")
+                             f"weight {tuple(shape)} (expected a 2-D weight and a basis [in_features, r])")
         bias = getattr(module, "bias", None)
         self.name = name
         self.weight: torch.Tensor = weight
@@ -64,6 +83,9 @@ class _Target:
         self.u = None if out_basis is None else out_basis.to(weight.device, dtype)
         self.v = None if in_basis is None else in_basis.to(weight.device, dtype)
         self.anchor: dict[str, torch.Tensor] = {}
+        self.sharded = None if fsdp1 is None else ShardedTarget(name, weight, self.bias, self.u, self.v, fsdp1)
+        if self.sharded is not None:  # each rank keeps only the rows of U its shards hold
+            self.u = None
 
     def anchors(self) -> dict[str, torch.Tensor]:
         """The subspace components of the current weights (``UᵀW``, ``Uᵀb``, ``W V``): kept fixed in update mode."""
@@ -185,6 +207,7 @@ class GradientProjection(Callback):
         self._by_optimizer: dict[int, list[_Target]] = {}
         self._handles: list[Any] = []
         self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._device: torch.device | None = None  # the collective's device, under a sharded strategy only
         self.num_steps = 0  # optimizer steps projected so far (resumes with the checkpoint)
 
     @property
@@ -218,13 +241,7 @@ class GradientProjection(Callback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "fit":
             return
-        names = {c.__name__ for c in type(trainer.strategy).__mro__}
-        if names & {"FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy"}:
-            raise RuntimeError(
-                f"GradientProjection does not support {type(trainer.strategy).__name__}: it projects whole weight "
-                "matrices, but FSDP shards flatten them across ranks and DeepSpeed keeps gradients outside "
-                "`param.grad`. Use strategy='ddp' (or a single device)."
-            )
+        refuse_unsupported(trainer.strategy)
         # Every rank loads (so a bad file fails everywhere, not as a hang), then all take rank 0's copy: the
         # projection must use bitwise the same basis on every rank, or the replicas drift apart.
         self._bases = trainer.strategy.broadcast(self._load_bases(), src=0)
@@ -232,7 +249,9 @@ class GradientProjection(Callback):
     @override
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         """Match names to modules (built by now, also in ``configure_model``), check shapes, hook the optimizers."""
-        named = dict(pl_module.named_modules())
+        named = {clean_name(n): m for n, m in pl_module.named_modules()}
+        sharded = is_sharded(trainer.strategy)
+        fsdp1 = fsdp1_layouts(trainer.strategy.model) if sharded else None
         found: dict[str, tuple[nn.Module, dict[str, torch.Tensor]]] = {}
         for side, bases in self._bases.items():
             for key, basis in bases.items():
@@ -241,7 +260,8 @@ class GradientProjection(Callback):
                 if side in entry:
                     raise ValueError(f"two subspace keys resolve to module {full!r} on the {side} side")
                 entry[side] = basis
-        self._targets = [_Target(n, m, b.get("output"), b.get("input")) for n, (m, b) in found.items()]
+        self._device = trainer.strategy.root_device if sharded else None
+        self._targets = [_Target(n, m, b.get("output"), b.get("input"), fsdp1) for n, (m, b) in found.items()]
         self._by_optimizer = {}
         trained = {id(p) for opt in trainer.optimizers for g in opt.param_groups for p in g["params"]}
         idle = [t.name for t in self._targets if id(t.weight) not in trained]
@@ -250,11 +270,14 @@ class GradientProjection(Callback):
         if self.mode == "grad":
             _warn_if_grad_mode_inexact(trainer.optimizers)
         if self.mode == "update":
+            if self._anchors is None and sharded:  # a fresh run: the weights now are W₀ (one collective)
+                self._anchors = anchors_of([t.sharded for t in self._targets], trainer.strategy.root_device)
             if self._anchors is None:  # a fresh run: the weights now are W₀ (a resumed run restored its anchors)
                 self._anchors = {t.name: {k: a.cpu() for k, a in t.anchors().items()} for t in self._targets}
             for t in self._targets:
-                t.anchor = {k: a.to(t.weight.device, t.u.dtype if t.u is not None else t.v.dtype)
-                            for k, a in self._anchors[t.name].items()}
+                holder = t.sharded if t.sharded is not None else t
+                dtype = holder.dtype if t.sharded is not None else (t.u if t.u is not None else t.v).dtype
+                holder.anchor = {k: a.to(t.weight.device, dtype) for k, a in self._anchors[t.name].items()}
             self._remove_hooks()
             self._handles = [opt.register_step_post_hook(self._after_step) for opt in trainer.optimizers]
 
@@ -268,7 +291,7 @@ class GradientProjection(Callback):
         if stage != "fit":
             return
         self._remove_hooks()
-        self._targets, self._by_optimizer, self._pending = [], {}, None
+        self._targets, self._by_optimizer, self._pending, self._device = [], {}, None, None
         self._anchors = None  # a later fit starts from its own weights (which keep the invariant if continued)
 
     # ---- projection ------------------------------------------------------------------------------------------
@@ -289,11 +312,15 @@ class GradientProjection(Callback):
             return
         log = self._log_now()
         removed = total = None
-        for t in self._targets_of(optimizer):
-            r, tot = t.project_grads(with_total=log)
-            if r is not None:
-                removed = r if removed is None else removed + r
-                total = tot if total is None else total + tot
+        targets = self._targets_of(optimizer)
+        if self._device is not None:  # sharded: one collective for all targets of this optimizer
+            removed, total = project_sharded([t.sharded for t in targets], True, self._device) or (None, None)
+        else:
+            for t in targets:
+                r, tot = t.project_grads(with_total=log)
+                if r is not None:
+                    removed = r if removed is None else removed + r
+                    total = tot if total is None else total + tot
         if log and removed is not None:
             self._pending = (removed.sqrt(), removed.sqrt() / total.sqrt().clamp_min(1e-30))
         self.num_steps += 1
@@ -301,9 +328,13 @@ class GradientProjection(Callback):
     @torch.no_grad()
     def _after_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         removed = None
-        for t in self._targets_of(optimizer):
-            r = t.project_params()
-            removed = r if removed is None else removed + r
+        targets = self._targets_of(optimizer)
+        if self._device is not None:  # sharded: one collective for all targets of this optimizer
+            removed = (project_sharded([t.sharded for t in targets], False, self._device) or (None,))[0]
+        else:
+            for t in targets:
+                r = t.project_params()
+                removed = r if removed is None else removed + r
         if removed is not None and self._log_now():
             self._pending = (removed.sqrt(), None)
         self.num_steps += 1

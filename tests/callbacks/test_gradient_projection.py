@@ -283,9 +283,10 @@ def test_frozen_weight_is_refused() -> None:
         fit(model, [GradientProjection({"head": basis(D_OUT)})], max_steps=1)
 
 
-def test_sharded_strategies_are_refused() -> None:
+def test_sharded_strategies_pass_setup() -> None:
+    """FSDP is no longer refused (tests/callbacks/test_gradient_projection_fsdp.py runs it); DeepSpeed still is."""
     from lightning.pytorch.strategies import FSDPStrategy
 
-    trainer = SimpleNamespace(strategy=object.__new__(FSDPStrategy))
-    with pytest.raises(RuntimeError, match="does not support FSDPStrategy"):
-        GradientProjection({"head": basis(D_OUT)}).setup(trainer, Regression(), "fit")  # type: ignore[arg-type]
+    gp = GradientProjection({"head": basis(D_OUT)})
+    gp.setup(SimpleNamespace(strategy=FSDPStrategy()), Regression(), "fit")  # type: ignore[arg-type]
+    assert torch.allclose(gp._bases["output"]["head"], basis(D_OUT))

@@ -145,7 +145,9 @@ class LoRACausalLM(LightningModule):
     # ---- model ---------------------------------------------------------------------------------------------
     @override
     def configure_model(self) -> None:
-        """Build the base model and wrap it with LoRA (idempotent); load the steering direction if any."""
+        """Build the base model and wrap it with LoRA (idempotent); load the steering direction if any. Under
+        ``ModelParallelStrategy`` (a device mesh is set) the model is sharded with FSDP2: one unit per decoder layer
+        plus the root."""
         if self.model is not None:
             return
         from peft import LoraConfig, get_peft_model
@@ -162,6 +164,13 @@ class LoRACausalLM(LightningModule):
             task_type="CAUSAL_LM",
         )
         self.model = get_peft_model(base, config)
+        if self._device_mesh is not None:  # ModelParallelStrategy: FSDP2, one unit per decoder layer plus the root
+            from torch.distributed.fsdp import fully_shard
+
+            mesh = self._device_mesh["data_parallel"]
+            for layer in base.model.layers:
+                fully_shard(layer, mesh=mesh)
+            fully_shard(self.model, mesh=mesh)
         if hp.intervention != "none":
             self.direction = load_direction(hp.steer_direction)
 
