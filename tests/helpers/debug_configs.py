@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from lightning_papers.cli import cli_main
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+#: A tiny synthetic latent cache (two classes of 8x4x4 latents) standing in for stage 1's output in RAE stage-2 cases.
+RAE_CACHE = Path(tempfile.gettempdir()) / "lightning_papers_tests" / "rae_latents"
 
 #: config -> (overrides that shrink it: "model.x" means --model.init_args.x, "trainer.x" --trainer.x; step to stop
 #: at; total steps).
@@ -33,7 +38,35 @@ CASES: dict[str, tuple[dict[str, object], int, int]] = {
         "trainer.max_epochs": 3, "trainer.check_val_every_n_epoch": 1,
     }, 15, 30),
     "shilled_auctions/debug.yaml": ({"data.replicas": 64, "data.horizon": 4000, "data.block": 250}, 7, 16),
+    "rae/decoder_debug.yaml": ({
+        "model.encoder_pretraining": "null", "model.stats_path": "null", "model.probe_samples": 40,
+        "model.stats_batch_size": 64, "data.num_train": 96, "data.num_val": 32, "data.batch_size": 16,
+        "trainer.max_epochs": 2, "trainer.check_val_every_n_epoch": 1,
+    }, 9, 12),
+    "rae/dit_debug.yaml": ({
+        "data.root": str(RAE_CACHE / "train"), "data.val_root": str(RAE_CACHE / "val"), "data.batch_size": 16,
+        "model.eval_root": str(RAE_CACHE), "model.eval_per_class": 4, "model.dit": "xs",
+        "model.transport.sample_steps": 4, "trainer.val_check_interval": 5,
+    }, 7, 12),
 }
+
+
+def ensure_rae_cache() -> Path:
+    """Write :data:`RAE_CACHE` once (train: 64 latents, val: 16; class c has mean +-1, no decoder, no images)."""
+    from lightning_papers.datamodules.latents import write_latent_cache
+
+    if (RAE_CACHE / "val" / "meta.json").is_file():
+        return RAE_CACHE
+    g = torch.Generator().manual_seed(0)
+    for split, n in (("train", 64), ("val", 16)):
+        labels = torch.arange(n) % 2
+        latents = (2.0 * labels - 1).view(n, 1, 1, 1) + 0.3 * torch.randn(n, 8, 4, 4, generator=g)
+        batches = [(latents[i:i + 16], labels[i:i + 16]) for i in range(0, n, 16)]
+        stats = {"mean": torch.zeros(8, 4, 4, dtype=torch.float64), "var": torch.ones(8, 4, 4, dtype=torch.float64),
+                 "count": 64}
+        write_latent_cache(lambda z: z, batches, stats, RAE_CACHE / split,
+                           {"encoder": "synthetic", "num_classes": 2, "split": split}, num_items=n, overwrite=True)
+    return RAE_CACHE
 
 
 def flags(overrides: dict[str, object]) -> list[str]:
@@ -46,6 +79,8 @@ def flags(overrides: dict[str, object]) -> list[str]:
 
 def build(config: str, root: Path, overrides: dict[str, object], max_steps: int) -> Any:
     """The CLI for ``config`` with ``overrides`` and ``max_steps``: no logger, no callbacks, no checkpoints."""
+    if config.startswith("rae/dit"):
+        ensure_rae_cache()
     args = ["--config", str(CONFIGS / config), *flags(overrides), "--trainer.logger", "false",
             "--trainer.callbacks", "[]", "--trainer.enable_checkpointing", "false",
             "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
