@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import warnings
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -98,6 +99,10 @@ class RAEDiTModule(LightningModule):
                              f" {eval_per_class}, {grid_per_class}")  # fmt: skip
         self.save_hyperparameters()
         plain_hparams(self.hparams)
+        # configure_model only builds the network (it needs the data's latent shape); nothing is sharded, so
+        # WeightAveraging's warning about models that override configure_model does not apply.
+        warnings.filterwarnings("ignore", message=r"You're using the WeightAveraging callback with a model that "
+                                r"overrides the configure_model", category=UserWarning)  # fmt: skip
         self.transport = transport or TransportConfig()
         self.guidance = guidance or GuidanceConfig()
         overrides = {**(dit_overrides or {}), "prediction": self.transport.prediction}
@@ -118,9 +123,8 @@ class RAEDiTModule(LightningModule):
             raise ValueError(f"the latent cache's normaliser ({fingerprint}) is not the one this model was trained "
                              f"on ({self.latent_fingerprint}): the latents live in a different space")  # fmt: skip
         self.latent_fingerprint = fingerprint
-        if not hasattr(self, "model"):
-            self.model = DiTDH(tuple(dm.latent_shape), dm.num_classes, self.dit_config)
-        elif tuple(self.model.latent_shape) != tuple(dm.latent_shape) or self.model.num_classes != dm.num_classes:
+        self.configure_model()
+        if tuple(self.model.latent_shape) != tuple(dm.latent_shape) or self.model.num_classes != dm.num_classes:
             raise ValueError(f"the model was built for latents {self.model.latent_shape} and "
                              f"{self.model.num_classes} classes, the data have {dm.latent_shape} and {dm.num_classes}")
         if stage == "fit" or stage == "validate":
@@ -128,6 +132,16 @@ class RAEDiTModule(LightningModule):
 
             root = self.hparams.eval_root or str(Path(dm.hparams.root).parent)
             self.evaluator = SampleEvaluator.from_folder(root, dm.meta, fingerprint)
+
+    @override
+    def configure_model(self) -> None:
+        """Build the network for the datamodule's latent shape and classes (once). Lightning's WeightAveraging calls
+        this before any ``setup`` hook, so the EMA copy holds the network too."""
+        if hasattr(self, "model"):
+            return
+        dm = self.trainer.datamodule
+        check_datamodule(dm, LatentData, type(self).__name__)
+        self.model = DiTDH(tuple(dm.latent_shape), dm.num_classes, self.dit_config)
 
     # -- training -----------------------------------------------------------------------------------------------
     def step_generator(self) -> torch.Generator:

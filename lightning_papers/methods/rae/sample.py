@@ -45,8 +45,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--ckpt_path", required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--per_class", type=int, default=50)
-    parser.add_argument("--guidance", default="none", choices=["none", "cfg", "repa", "repa_cfg"])
-    parser.add_argument("--scale", type=float, default=1.5, help="CFG scale")
+    parser.add_argument("--guidance", default="none", choices=["none", "cfg", "autoguidance", "repa", "repa_cfg"])
+    parser.add_argument("--scale", type=float, default=1.5, help="CFG / AutoGuidance scale")
+    parser.add_argument("--guide_ckpt", default=None, help="AutoGuidance: a smaller stage-2 model's checkpoint")
     parser.add_argument("--repa_scale", type=float, default=1.78, help="REPA-head guidance scale s")
     parser.add_argument("--repa_interval", type=float, nargs=2, default=(0.1, 1.0))
     parser.add_argument("--steps", type=int, default=None, help="Euler steps (default: the training config's)")
@@ -56,6 +57,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.per_class < 1:
         parser.error(f"--per_class must be >= 1, got {args.per_class}")
     model, transport, meta = load_dit(args.ckpt_path)
+    guide = None
+    if args.guidance == "autoguidance":
+        if args.guide_ckpt is None:
+            parser.error("--guidance autoguidance needs --guide_ckpt (a smaller, shorter-trained stage-2 model)")
+        guide = load_dit(args.guide_ckpt)[0]
     if args.steps is not None:
         transport.sample_steps = args.steps
     guidance = GuidanceConfig(mode=args.guidance, scale=args.scale, repa_scale=args.repa_scale,
@@ -65,7 +71,8 @@ def main(argv: list[str] | None = None) -> None:
     g = torch.Generator().manual_seed(args.seed)
     latents, nfe = [], 0
     for i in range(0, len(labels), args.batch_size):
-        z, nfe = sample(model, labels[i:i + args.batch_size], tuple(model.latent_shape), transport, guidance, g)
+        z, nfe = sample(model, labels[i:i + args.batch_size], tuple(model.latent_shape), transport, guidance, g,
+                        guide_model=guide)
         latents.append(z)
     z = torch.cat(latents)
     out = Path(args.out)

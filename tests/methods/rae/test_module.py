@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
@@ -112,3 +113,37 @@ def test_two_processes_merge_statistics_over_the_whole_training_set(tmp_path: Pa
         assert int(state["count"]) == len(images)
         torch.testing.assert_close(state["mean"], z.mean(0), rtol=0, atol=1e-9)
         torch.testing.assert_close(state["var"], z.var(0, unbiased=False), rtol=0, atol=1e-9)
+
+
+def test_dit_module_with_ema_checkpoints_the_averaged_network_and_samples_from_it(tmp_path: Path) -> None:
+    from lightning.pytorch.callbacks import EMAWeightAveraging
+
+    from lightning_papers.datamodules.latents import LatentCacheDataModule
+    from lightning_papers.methods.rae.dit_module import RAEDiTModule
+    from lightning_papers.methods.rae.sample import load_dit
+    from lightning_papers.methods.rae.transport import TransportConfig
+    from tests.helpers.debug_configs import ensure_rae_cache
+
+    root = ensure_rae_cache()
+    dm = LatentCacheDataModule(str(root / "train"), batch_size=16, val_root=str(root / "val"))
+    module = RAEDiTModule(dit="xs", transport=TransportConfig(sample_steps=3), eval_root=str(root), eval_per_class=2,
+                          lr=1e-3, lr_min=1e-4)  # fmt: skip
+    t = trainer(tmp_path, 5, callbacks=[EMAWeightAveraging(decay=0.5)], limit_val_batches=1, val_check_interval=5,
+                check_val_every_n_epoch=None)
+    t.fit(module, datamodule=dm)
+    ckpt = tmp_path / "dit.ckpt"
+    t.save_checkpoint(ckpt)
+    saved = torch.load(ckpt, weights_only=True)
+    key = "model.final.linear.weight"  # the EMA copy holds the network (built in configure_model)
+    assert key in saved["state_dict"] and key in saved["current_model_state"]
+    model, transport, meta = load_dit(str(ckpt))
+    torch.testing.assert_close(model.state_dict()["final.linear.weight"], saved["state_dict"][key])
+    assert transport.sample_steps == 3 and meta["num_classes"] == 2
+    assert {"val/fd_enc", "val/nfe"} <= set(t.callback_metrics)
+    from lightning_papers.methods.rae.sample import main as sample_main
+
+    sample_main(["--ckpt_path", str(ckpt), "--out", str(tmp_path / "samples"), "--per_class", "3",
+                 "--guidance", "repa", "--steps", "4"])  # fmt: skip
+    drawn = np.load(tmp_path / "samples" / "samples.npz")
+    assert drawn["latents"].shape == (6, 8, 4, 4) and drawn["labels"].tolist() == [0, 0, 0, 1, 1, 1]
+    assert int(drawn["nfe"]) == 4  # REPA-head guidance: one network evaluation per step
