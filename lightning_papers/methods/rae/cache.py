@@ -88,18 +88,19 @@ def main(argv: list[str] | None = None) -> None:
             "class_names": list(getattr(dm, "class_names", []) or [])}  # fmt: skip
     fit = model.statistics.count == 0
     stats = LatentStatistics(encoder.latent_shape) if fit else model.statistics
+    real = {}
     for split in ("train", "val"):
         loader = dm.shard_dataloader(split, 0, 1, args.batch_size)
         cache = write_latent_cache(encoder, loader, stats, out / split, {**meta, "split": split},
                                    fit_stats=fit and split == "train", overwrite=True)  # fmt: skip
         print(f"[RAE cache] {split}: {len(cache)} latents {tuple(cache.meta['latent_shape'])} -> {out / split}")
-        images, labels = dm.labelled_subset(split, args.max_images)
+        images, labels = real[split] = dm.labelled_subset(split, args.max_images)
         np.save(out / f"{split}_images.npy", _uint8(images))
         np.save(out / f"{split}_image_labels.npy", labels.numpy())
     if args.classifier_steps > 0:
         from lightning_papers.metrics.feature_classifier import train_feature_classifier
 
-        images, labels = dm.labelled_subset("train", args.max_images)
+        images, labels = real["train"]
         clf, acc = train_feature_classifier(images, labels, dm.num_classes, steps=args.classifier_steps,
                                             seed=EVAL_CLASSIFIER_SEED)  # fmt: skip
         clf.save(out / "eval_classifier.pt")

@@ -81,37 +81,19 @@ class DiTConfig:
         return self.ig_depth if self.ig_depth is not None else max(1, round(self.depth / 3))
 
 
+# RAE v1's DiT-DH: a 2 x 2048 DDT head (16 heads), adaLN conditioning, v-prediction, no IG head
+_V1 = dict(head_depth=2, head_width=2048, head_heads=16, conditioning="adaln", ig_head=False, prediction="v")
 _SIZES: dict[str, dict[str, object]] = {
     # CPU sizes (tests, debug configs; "s" is the small-scale protocol: trunk = RAE's S, head narrowed to 512)
     "xs": dict(depth=3, width=64, heads=4, head_depth=2, head_width=128, head_heads=4, ig_depth=1),
     "s": dict(depth=12, width=384, heads=6, head_depth=2, head_width=512, head_heads=8, ig_depth=4),
     # RAE v1 DiT-DH-S (configs/stage2/training/ImageNet256/DiTDH-S_DINOv2-B.yaml of the v1 release)
-    "s_v1": dict(
-        depth=12,
-        width=384,
-        heads=6,
-        head_depth=2,
-        head_width=2048,
-        head_heads=16,
-        conditioning="adaln",
-        ig_head=False,
-        prediction="v",
-    ),
+    "s_v1": dict(depth=12, width=384, heads=6, **_V1),
     "b": dict(depth=12, width=768, heads=12, head_depth=2, head_width=2048, head_heads=16, ig_depth=4),
     # RAEv2 XL (DiTwDDTHeadIG: hidden [1440, 2048], depth [28, 2], heads [20, 16], base_model_depth 8)
     "xl": dict(depth=28, width=1440, heads=20, head_depth=2, head_width=2048, head_heads=16, ig_depth=8),
     # RAE v1 DiT-DH-XL (hidden [1152, 2048], depth [28, 2], heads [16, 16], adaLN, v-prediction)
-    "xl_v1": dict(
-        depth=28,
-        width=1152,
-        heads=16,
-        head_depth=2,
-        head_width=2048,
-        head_heads=16,
-        conditioning="adaln",
-        ig_head=False,
-        prediction="v",
-    ),
+    "xl_v1": dict(depth=28, width=1152, heads=16, **_V1),
 }
 
 

@@ -21,7 +21,6 @@ import warnings
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-import numpy as np
 import torch
 from lightning.pytorch import LightningModule
 from typing_extensions import override
@@ -30,7 +29,7 @@ from lightning_papers.contracts import check_datamodule
 from lightning_papers.methods.rae.dit import DiTConfig, DiTDH, build_dit_config
 from lightning_papers.methods.rae.guidance import GuidanceConfig, sample
 from lightning_papers.methods.rae.plots import class_grid_figure
-from lightning_papers.methods.rae.schedule import check_schedule, plain_hparams, warmup_cosine
+from lightning_papers.methods.rae.schedule import check_schedule, plain_hparams, position_generator, warmup_cosine
 from lightning_papers.methods.rae.transport import TransportConfig, training_loss
 from lightning_papers.resume import reopen_epoch_cut_by_max_steps
 
@@ -146,8 +145,7 @@ class RAEDiTModule(LightningModule):
     # -- training -----------------------------------------------------------------------------------------------
     def step_generator(self) -> torch.Generator:
         """Generator of this step's times, noise and label dropout: a function of (seed, step, rank) only."""
-        entropy = [self.hparams.seed % 2**32, self.global_step, self.global_rank]
-        return torch.Generator(device="cpu").manual_seed(int(np.random.SeedSequence(entropy).generate_state(1)[0]))
+        return position_generator(self.hparams.seed, self.global_step, self.global_rank)
 
     @override
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -191,11 +189,11 @@ class RAEDiTModule(LightningModule):
         n = self.model.num_classes
         labels = torch.arange(n).repeat_interleave(self.hparams.eval_per_class)
         latents, nfe = self.generate(labels)
-        scores = self.evaluator.score(latents, labels)
+        images = self.evaluator.decode(latents)
+        scores = self.evaluator.score(latents, labels, images)
         scores["nfe"] = float(nfe)
         self.last_scores = scores
         self.log_dict({f"val/{k}": v for k, v in scores.items()}, rank_zero_only=True)
-        images = self.evaluator.decode(latents)
         if images is not None:
             self.last_samples = (images, labels)
 

@@ -92,15 +92,16 @@ class SampleEvaluator:
                                                self.reference_features())  # fmt: skip
         return self._floors[n]
 
-    def score(self, latents: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    def score(self, latents: torch.Tensor, labels: torch.Tensor,
+              images: torch.Tensor | None = None) -> dict[str, float]:  # fmt: skip
         """``fd_enc`` always; with decoder, classifier and images also fd_eval, its floor and ratio, KID, accuracy,
-        precision and recall."""
+        precision and recall. ``images``: the latents already decoded (:meth:`decode`), to decode them once."""
         from lightning_papers.metrics.generative import frechet_distance, kernel_distance, precision_recall
 
         out = {"fd_enc": frechet_distance(pooled(latents), self.real_pooled)}
         if not self.scores_images:
             return out
-        images = self.decode(latents)
+        images = self.decode(latents) if images is None else images
         feats = self.classifier.embed(images).numpy()
         ref = self.reference_features()
         out["fd_eval"] = frechet_distance(feats, ref)

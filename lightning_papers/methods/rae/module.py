@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
-import numpy as np
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_info
@@ -40,7 +39,7 @@ from lightning_papers.methods.rae.losses import ReconstructionLoss, Reconstructi
 from lightning_papers.methods.rae.normalizer import LatentStatistics
 from lightning_papers.methods.rae.plots import reconstruction_figure
 from lightning_papers.methods.rae.probe import linear_probe_accuracy
-from lightning_papers.methods.rae.schedule import check_schedule, plain_hparams, warmup_cosine
+from lightning_papers.methods.rae.schedule import check_schedule, plain_hparams, position_generator, warmup_cosine
 from lightning_papers.resume import reopen_epoch_cut_by_max_steps
 
 ENCODER_PREFIX = "encoder."
@@ -232,8 +231,7 @@ class RAEDecoderModule(LightningModule):
     # -- training -----------------------------------------------------------------------------------------------
     def noise_generator(self, stream: int = 0) -> torch.Generator:
         """A generator of this step's random draws: a function of (seed, global step, rank, stream) only."""
-        entropy = [self.hparams.seed % 2**32, self.global_step, self.global_rank, stream]
-        return torch.Generator(device="cpu").manual_seed(int(np.random.SeedSequence(entropy).generate_state(1)[0]))
+        return position_generator(self.hparams.seed, self.global_step, self.global_rank, stream)
 
     @override
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:

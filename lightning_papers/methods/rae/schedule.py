@@ -1,5 +1,5 @@
 """What both RAE modules share: the learning-rate schedule (linear warm-up, then cosine decay to a floor: RAE v1 §4
-and RAEv2 §3, 2e-4 decaying to 2e-5) and plain hyper-parameters in checkpoints."""
+and RAEv2 §3, 2e-4 decaying to 2e-5), plain hyper-parameters in checkpoints, and generators seeded by position."""
 
 from __future__ import annotations
 
@@ -7,7 +7,15 @@ import dataclasses
 import math
 from collections.abc import Callable
 
+import numpy as np
 import torch
+
+
+def position_generator(seed: int, *position: int) -> torch.Generator:
+    """A CPU generator seeded by ``(seed, *position)`` only (e.g. step, rank, stream): a run resumed at any step
+    draws what an uninterrupted run draws there."""
+    entropy = [seed % 2**32, *(int(p) for p in position)]
+    return torch.Generator(device="cpu").manual_seed(int(np.random.SeedSequence(entropy).generate_state(1)[0]))
 
 
 def plain_hparams(hparams: dict) -> None:
