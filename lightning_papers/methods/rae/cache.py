@@ -13,6 +13,9 @@ writes, under ``--out``:
     eval_classifier.pt     an independent CNN classifier trained on the training images (a different architecture
                            and seed from the encoder): the feature space of FD_eval and sample accuracy
 
+With ``--pixels P`` the "latents" are the images' P x P pixel patches (``pixels.py``; the pixel-space baseline of
+stage 2), with statistics fitted in the same pass and no decoder checkpoint.
+
 The encoder runs once per image, never per stage-2 step (fast-DiT keeps pre-encoded latents in one array for the
 same reason). Without ``--ckpt_path`` the statistics are read from the config's ``stats_path`` or fitted exactly in
 the encoding pass.
@@ -72,6 +75,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch_size", type=int, default=256)
     parser.add_argument("--max_images", type=int, default=20000, help="real images kept per split for metrics")
     parser.add_argument("--classifier_steps", type=int, default=300, help="steps of the FD_eval classifier (0: none)")
+    parser.add_argument("--pixels", type=int, default=0, metavar="P",
+                        help="write P x P pixel patches instead of encoder latents (the pixel-space baseline)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--overwrite", action="store_true")
     args, overrides = parser.parse_known_args(argv)
@@ -81,12 +86,23 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise FileExistsError(f"--out {str(out)!r} exists (pass --overwrite to replace it)")
+    if args.pixels < 0:
+        raise ValueError(f"--pixels must be >= 0 (0: encoder latents), got {args.pixels}")
+    if args.pixels and args.ckpt_path:
+        raise ValueError("--pixels writes pixel patches, which need no stage-1 checkpoint: drop --ckpt_path")
     model, dm = load_stage1(args.config, args.ckpt_path, overrides)
-    encoder = model.encoder.to(args.device)
+    if args.pixels:
+        from lightning_papers.methods.rae.pixels import PixelPatches
+
+        encoder = PixelPatches(args.pixels, model.encoder.image_size)
+    else:
+        encoder = model.encoder.to(args.device)
     meta = {"encoder": encoder.model_name, "layers": list(encoder.block_ids), "image_size": encoder.image_size,
             "num_classes": dm.num_classes, "decoder_checkpoint": args.ckpt_path, "stage1_config": args.config,
             "class_names": list(getattr(dm, "class_names", []) or [])}  # fmt: skip
-    fit = model.statistics.count == 0
+    if args.pixels:
+        meta["pixel_patch"] = args.pixels
+    fit = args.pixels > 0 or model.statistics.count == 0
     stats = LatentStatistics(encoder.latent_shape) if fit else model.statistics
     real = {}
     for split in ("train", "val"):

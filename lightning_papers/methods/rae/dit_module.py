@@ -219,6 +219,8 @@ class RAEDiTModule(LightningModule):
             "transport": dataclasses.asdict(self.transport), "latent_shape": list(self.model.latent_shape),
             "num_classes": self.model.num_classes, "meta": dict(dm.meta) if dm is not None else {},
         }  # fmt: skip
+        if dm is not None and dm.meta.get("pixel_patch"):  # pixel caches decode with their own statistics
+            checkpoint["rae_dit"]["stats_state"] = dict(dm.stats_state)
 
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

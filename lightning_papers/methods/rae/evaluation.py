@@ -38,14 +38,20 @@ class SampleEvaluator:
     @classmethod
     def from_folder(cls, root: str | Path, meta: dict[str, Any], fingerprint: str,
                     max_reference: int = 5000) -> SampleEvaluator:  # fmt: skip
-        """Open what ``python -m lightning_papers.methods.rae.cache`` wrote under ``root`` (missing parts: skipped)."""
+        """Open what ``python -m lightning_papers.methods.rae.cache`` wrote under ``root`` (missing parts: skipped).
+        A pixel-patch cache (``pixel_patch`` in ``meta``) is decoded by un-patching, not by a stage-1 decoder."""
         from lightning_papers.datamodules.latents import LatentCache
         from lightning_papers.methods.rae.dit_module import statistics_fingerprint
 
         root = Path(root)
-        tokenizer = None
+        tokenizer: Any = None
         ckpt = meta.get("decoder_checkpoint")
-        if ckpt:
+        if meta.get("pixel_patch"):
+            from lightning_papers.methods.rae.pixels import PixelTokenizer
+
+            cache = LatentCache.open(root / "train")
+            tokenizer = PixelTokenizer(cache.stats_state, int(meta["pixel_patch"]), float(meta.get("norm_eps", 1e-6)))
+        elif ckpt:
             from lightning_papers.methods.rae.tokenizer import RAETokenizer
 
             tokenizer = RAETokenizer.from_checkpoint(ckpt)

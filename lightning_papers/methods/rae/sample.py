@@ -3,7 +3,8 @@
     python -m lightning_papers.methods.rae.sample --ckpt_path runs/rae/dit_debug/checkpoints/last.ckpt \\
         --out runs/rae/samples --per_class 50 --guidance repa --repa_scale 1.78 --steps 100
 
-writes ``<out>/<class>/<index>.png`` (decoded by the stage-1 decoder named in the training cache) and
+writes ``<out>/<class>/<index>.png`` (decoded by the stage-1 decoder named in the training cache, or un-patched
+for a pixel cache) and
 ``<out>/samples.npz`` (latents, labels, NFE per sample). The checkpoint's EMA weights are used when an
 ``EMAWeightAveraging`` callback wrote it (Lightning then stores the average as the model's ``state_dict``).
 """
@@ -33,7 +34,10 @@ def load_dit(ckpt_path: str) -> tuple:
     config = build_dit_config(spec["dit"], **{**spec["dit_overrides"], "prediction": transport.prediction})
     model = DiTDH(tuple(spec["latent_shape"]), spec["num_classes"], config)
     model.load_state_dict({k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")})
-    return model.eval(), transport, spec["meta"]
+    meta = dict(spec["meta"])
+    if "stats_state" in spec:
+        meta["stats_state"] = spec["stats_state"]
+    return model.eval(), transport, meta
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -66,7 +70,13 @@ def main(argv: list[str] | None = None) -> None:
         transport.sample_steps = args.steps
     guidance = GuidanceConfig(mode=args.guidance, scale=args.scale, repa_scale=args.repa_scale,
                               repa_interval=tuple(args.repa_interval))  # fmt: skip
-    tokenizer = RAETokenizer.from_checkpoint(meta["decoder_checkpoint"]) if meta.get("decoder_checkpoint") else None
+    tokenizer = None
+    if meta.get("pixel_patch") and "stats_state" in meta:  # the pixel-space baseline: un-patch
+        from lightning_papers.methods.rae.pixels import PixelTokenizer
+
+        tokenizer = PixelTokenizer(meta["stats_state"], int(meta["pixel_patch"]), float(meta.get("norm_eps", 1e-6)))
+    elif meta.get("decoder_checkpoint"):
+        tokenizer = RAETokenizer.from_checkpoint(meta["decoder_checkpoint"])
     labels = torch.arange(model.num_classes).repeat_interleave(args.per_class)
     g = torch.Generator().manual_seed(args.seed)
     latents, nfe = [], 0
