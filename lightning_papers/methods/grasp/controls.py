@@ -80,6 +80,7 @@ def load_lora_module(ckpt: str | Path):  # noqa: ANN201 - a LoRACausalLM (import
     hp["intervention"], hp["steer_direction"] = "none", None
     module = LoRACausalLM(**hp)
     module.configure_model()
+    module.on_load_checkpoint(state)  # frozen base weights a checkpoint left out come from model_path
     module.load_state_dict(state["state_dict"])
     return module.eval()
 

@@ -56,7 +56,11 @@ def check_model_source(model_path: str | None, model_config: dict[str, Any] | No
 
 
 def build_causal_lm(model_path: str | None, model_config: dict[str, Any] | None) -> torch.nn.Module:
-    """A causal LM from a local directory, or a randomly initialised one from a config dict (no downloads).
+    """A causal LM from a local directory or GGUF file, or a random one from a config dict (no downloads).
+
+    A ``.gguf`` file (e.g. the SmolLM2-135M-Instruct file ``make assets-lm`` installs) is converted once to a
+    Hugging Face checkpoint in the sibling directory ``<file stem>.hf/`` and loaded from there
+    (``lightning_papers.methods.grasp.lm_source.resolve_model_source``).
 
     The model is returned in train mode: ``from_pretrained`` returns it in eval mode, which would leave the frozen
     base model's modules in eval mode for the whole fine-tune (Lightning keeps each submodule's mode and warns
@@ -66,14 +70,18 @@ def build_causal_lm(model_path: str | None, model_config: dict[str, Any] | None)
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from lightning_papers.methods.grasp.lm_source import resolve_model_source
+
     check_model_source(model_path, model_config)
     if model_path is not None:
-        if not Path(model_path).is_dir():
+        if not Path(model_path).exists():
             raise FileNotFoundError(
-                f"model directory {model_path!r} does not exist. For the planted GRASP benchmark, create it with "
-                "`python -m lightning_papers.methods.grasp.planted.world --out <dir>`."
+                f"model path {model_path!r} does not exist. For the planted GRASP benchmark, create it with "
+                "`python -m lightning_papers.methods.grasp.planted.world --out <dir>`; for SmolLM2-135M-Instruct "
+                "run `make assets-lm` (it writes runs/models/smollm2-135m-instruct)."
             )
-        return AutoModelForCausalLM.from_pretrained(model_path, local_files_only=True).train()
+        path = resolve_model_source(model_path)
+        return AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True).train()
     cfg = dict(model_config)  # type: ignore[arg-type]
     model_type = cfg.pop("model_type", "llama")
     return AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, **cfg))
@@ -83,7 +91,8 @@ class LoRACausalLM(LightningModule):
     """LoRA fine-tuning of a causal LM on completion tokens, with GRASP's baselines selectable by config.
 
     Args:
-        model_path: Local directory of a Hugging Face causal LM (``save_pretrained`` output); or None.
+        model_path: Local directory of a Hugging Face causal LM (``save_pretrained`` output), or a ``.gguf``
+            file (converted once to ``<file stem>.hf/`` next to it); or None.
         model_config: Instead of ``model_path``, a config dict (``model_type`` + config fields, e.g. a tiny
             ``LlamaConfig``) for a randomly initialised model; used by tests.
         lora_rank: LoRA rank r. Default 32 with alpha 64 as in CAFT's emergent-misalignment runs (arXiv 2507.16795).
@@ -261,6 +270,39 @@ class LoRACausalLM(LightningModule):
         loss, _ = self._loss(batch)
         self.log("test/loss", loss, sync_dist=True, batch_size=batch["input_ids"].shape[0])
         return loss
+
+    # ---- checkpoints ---------------------------------------------------------------------------------------
+    def _drops_frozen_weights(self) -> bool:
+        """Frozen base weights are left out of checkpoints when ``model_path`` can give them back (not when sharded:
+        a sharded checkpoint is written per rank by the strategy)."""
+        return self.hparams.model_path is not None and self._device_mesh is None and self.model is not None
+
+    @override
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep only the trainable (LoRA) weights: a SmolLM2-135M checkpoint shrinks from 540 MB to a few MB. The
+        frozen weights are reloaded from ``model_path`` (``on_load_checkpoint``)."""
+        if not self._drops_frozen_weights():
+            return
+        state = checkpoint["state_dict"]
+        for key in self._frozen_keys() & state.keys():
+            del state[key]
+        checkpoint["frozen_weights_from"] = self.hparams.model_path
+
+    @override
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Fill the frozen weights a checkpoint leaves out from the model built from ``model_path`` (strict loading
+        still refuses unknown keys and missing trainable ones)."""
+        if "frozen_weights_from" not in checkpoint or self.model is None:
+            return
+        state = checkpoint["state_dict"]
+        own = self.state_dict(keep_vars=True)
+        for key in self._frozen_keys():
+            state.setdefault(key, own[key].detach())
+
+    def _frozen_keys(self) -> set[str]:
+        """State-dict keys of frozen parameters, as the state dict names them (a tied ``lm_head.weight`` included)."""
+        return {k for k, v in self.state_dict(keep_vars=True).items()
+                if isinstance(v, torch.nn.Parameter) and not v.requires_grad}  # fmt: skip
 
     @override
     def configure_optimizers(self) -> torch.optim.Optimizer:

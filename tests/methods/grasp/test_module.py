@@ -123,3 +123,38 @@ def test_bad_arguments_and_missing_files(tmp_path: Path) -> None:
     m = LoRACausalLM(model_config=TINY, intervention="ablate_train", steer_direction=str(tmp_path / "dir.pt"))
     with pytest.raises(FileNotFoundError, match=r"dir\.pt.*identify"):
         m.configure_model()
+
+
+def test_checkpoint_from_a_model_path_holds_only_lora_and_resumes_exactly(tmp_path: Path) -> None:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = {**TINY, "tie_word_embeddings": True}  # a tied lm_head must be left out too
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(AutoConfig.for_model(cfg.pop("model_type"), **cfg)).save_pretrained(tmp_path / "m")
+    batch = _batch()
+
+    def trainer(steps: int, **kw) -> Trainer:
+        return Trainer(max_steps=steps, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                       accelerator="cpu", default_root_dir=tmp_path, **kw)  # fmt: skip
+
+    def module() -> LoRACausalLM:
+        m = LoRACausalLM(model_path=str(tmp_path / "m"), lora_rank=2, lora_alpha=4.0, lr=3e-2,
+                         target_modules=["o_proj", "down_proj"])  # fmt: skip
+        torch.manual_seed(1)  # the same LoRA initialisation in every run
+        m.configure_model()
+        return m
+
+    loader = DataLoader([batch] * 8, batch_size=None)
+    full = module()
+    trainer(8, enable_checkpointing=False).fit(full, train_dataloaders=loader)
+    half = module()
+    t = trainer(4)
+    t.fit(half, train_dataloaders=loader)
+    ckpt_path = tmp_path / "half.ckpt"
+    t.save_checkpoint(ckpt_path)
+    state = torch.load(ckpt_path, map_location="cpu", weights_only=False)["state_dict"]
+    assert state and all(".lora_A." in k or ".lora_B." in k for k in state)  # frozen weights left out
+    resumed = module()
+    trainer(8, enable_checkpointing=False).fit(resumed, train_dataloaders=loader, ckpt_path=ckpt_path)
+    for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
+        assert torch.allclose(a, b, atol=1e-6), name
