@@ -11,6 +11,7 @@ from typing import Any
 
 _LAZY = {
     "GradientProjection": "lightning_papers.callbacks.gradient_projection",
+    "IterativeGradientProjection": "lightning_papers.callbacks.iterative_projection",
     "AdaptiveCalibration": "lightning_papers.callbacks.calibration",
     "FigureLogger": "lightning_papers.callbacks.figures",
 }

@@ -281,6 +281,43 @@ class GradientProjection(Callback):
             self._remove_hooks()
             self._handles = [opt.register_step_post_hook(self._after_step) for opt in trainer.optimizers]
 
+    @torch.no_grad()
+    def set_subspace(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        bases: Mapping[str, Mapping[str, torch.Tensor]],
+        anchors: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
+    ) -> None:
+        """Swap the projected subspace during a fit, between optimizer steps (e.g. from ``on_train_batch_end``).
+
+        Args:
+            trainer: The running Trainer.
+            pl_module: The LightningModule being fitted.
+            bases: ``{"output" | "input": {module name: basis [features, r]}}`` for the sides in use (a side may map
+                to no modules); names as for ``subspace``. Replaces the current bases (targets are re-resolved).
+            anchors: Update mode: per target (full ``named_modules()`` name), the subspace components the weights
+                are held at from now on (``w_u = UᵀW₀``, ``b_u = Uᵀb₀``, ``w_v = W₀V``; a missing key holds that
+                component at zero); ``None`` holds them at the current weights. The next step's projection moves
+                the weights to them. Ignored in grad mode.
+        """
+        if self._bases is None:
+            raise RuntimeError("set_subspace needs a running fit (call it after on_fit_start)")
+        if is_sharded(trainer.strategy):
+            raise ValueError(f"set_subspace is not supported under {type(trainer.strategy).__name__}")
+        if not set(bases) <= set(self._bases):
+            raise ValueError(f"bases for sides {sorted(bases)}, but side={self.side!r} uses {sorted(self._bases)}")
+        new = {s: {str(k): orthonormalize(b, f"{s} basis for {k!r}") for k, b in bases.get(s, {}).items()}
+               for s in self._bases}  # fmt: skip
+        if self.mode == "update" and anchors is not None:
+            named = {clean_name(n): m for n, m in pl_module.named_modules()}
+            missing = sorted({resolve_module(named, k)[0] for b in new.values() for k in b} - set(anchors))
+            if missing:
+                raise ValueError(f"set_subspace: no anchors for targets {missing}")
+            anchors = {n: {k: a.detach().cpu() for k, a in anchors[n].items()} for n in anchors}
+        self._bases, self._anchors = new, None if self.mode != "update" else anchors
+        GradientProjection.on_fit_start(self, trainer, pl_module)  # re-resolve targets, anchors and step hooks
+
     def _remove_hooks(self) -> None:
         for h in self._handles:
             h.remove()
