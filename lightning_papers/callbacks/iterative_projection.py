@@ -1,9 +1,8 @@
 """Iterative GRASP: a :class:`GradientProjection` whose subspace grows from the run's own LoRA adapter.
 
 GRASP (arXiv 2605.27676) removes the spurious factor's direction, found once from a naive fine-tune's adapter. With a
-weak spectral gap the optimiser can *re-route* the factor through the next directions (in a prototype on
-SmolLM2-135M with ``σ1/σ2 ≈ 1.6``, the top direction of a rank-1-GRASP run's update had ``|cos| 0.88`` with the naive
-run's second one). This callback (our extension; the paper's body is not public) keeps looking: every
+weak spectral gap the optimiser can *re-route* the factor through the next directions once the first is removed
+(``docs/grasp.md``, "A real LM"). This callback (our extension; the paper's body is not public) keeps looking: every
 ``every_n_steps`` optimizer steps it
 
 1. reads the live adapter's LoRA factors and stacks them as ``identify`` does
