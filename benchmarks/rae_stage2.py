@@ -11,7 +11,7 @@ a  EP@k (the paper's EP_FID@k analogue): optimizer steps until FD_eval (features
    budget:
      raev2   latent = mean of the E-sup encoder's last 3 of 6 blocks, x-prediction, in-context conditioning,
              IG/REPA head (``dit_debug.yaml`` as it is)
-     v1      latent = the last block only (``decoder_debug_k1.yaml``), v-prediction, adaLN, no IG head (RAE v1)
+     v1      latent = the last block only (``decoder_v1_latent.yaml``), v-prediction, adaLN, no IG head (RAE v1)
      pixels  the raev2 recipe on 4 x 4 pixel patches (``cache --pixels 4``: 48 x 8 x 8, no encoder)
    A run stops when the smallest k is reached or at ``--max-steps``; a k not reached is reported as None (> max).
 b  Guidance, on each seed's raev2 model where its run stopped: none / CFG / AutoGuidance (guide = the same run's
@@ -75,7 +75,7 @@ def run(cmd: list[str]) -> None:
 def ensure_caches() -> None:
     """The three latent caches, made with the documented commands when missing; one FD_eval classifier for all."""
     py, cli = sys.executable, str(Path(sys.executable).with_name("lightning-papers"))
-    for cfg, name in (("decoder_debug", "digits_esup"), ("decoder_debug_k1", "digits_esup_k1")):
+    for cfg, name in (("decoder_debug", "digits_esup"), ("decoder_v1_latent", "digits_esup_k1")):
         ckpt = f"runs/rae/{cfg}/checkpoints/last.ckpt"
         if not (ROOT / ckpt).is_file():
             run([cli, "fit", "--config", f"configs/rae/{cfg}.yaml", "--trainer.logger", "false"])
