@@ -287,6 +287,7 @@ class LoRACausalLM(LightningModule):
         for key in self._frozen_keys() & state.keys():
             del state[key]
         checkpoint["frozen_weights_from"] = self.hparams.model_path
+        checkpoint["frozen_weights_fingerprint"] = self._frozen_fingerprint()
 
     @override
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -294,10 +295,24 @@ class LoRACausalLM(LightningModule):
         still refuses unknown keys and missing trainable ones)."""
         if "frozen_weights_from" not in checkpoint or self.model is None:
             return
+        saved, now = checkpoint.get("frozen_weights_fingerprint"), self._frozen_fingerprint()
+        if saved is not None and (saved["count"] != now["count"]
+                                  or abs(saved["sum"] - now["sum"]) > 1e-6 * max(1.0, abs(saved["sum"]))):  # fmt: skip
+            raise ValueError(f"this checkpoint's LoRA weights were trained on the frozen weights at "
+                             f"{checkpoint['frozen_weights_from']!r}, but model_path={self.hparams.model_path!r} now "
+                             f"holds different ones (fingerprint {saved} vs {now}): point model_path at the "
+                             f"checkpoint's base model")  # fmt: skip
         state = checkpoint["state_dict"]
         own = self.state_dict(keep_vars=True)
         for key in self._frozen_keys():
             state.setdefault(key, own[key].detach())
+
+    @torch.no_grad()
+    def _frozen_fingerprint(self) -> dict[str, float | int]:
+        """Element count and float64 sum of the frozen weights: which base model a LoRA-only checkpoint belongs to."""
+        own = self.state_dict(keep_vars=True)
+        tensors = [own[k] for k in sorted(self._frozen_keys())]
+        return {"count": sum(t.numel() for t in tensors), "sum": float(sum(t.double().sum() for t in tensors))}
 
     def _frozen_keys(self) -> set[str]:
         """State-dict keys of frozen parameters, as the state dict names them (a tied ``lm_head.weight`` included)."""

@@ -158,3 +158,7 @@ def test_checkpoint_from_a_model_path_holds_only_lora_and_resumes_exactly(tmp_pa
     trainer(8, enable_checkpointing=False).fit(resumed, train_dataloaders=loader, ckpt_path=ckpt_path)
     for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
         assert torch.allclose(a, b, atol=1e-6), name
+    torch.manual_seed(5)  # another base model at the same path: the LoRA-only checkpoint no longer belongs to it
+    AutoModelForCausalLM.from_config(AutoConfig.for_model(TINY["model_type"], **cfg)).save_pretrained(tmp_path / "m")
+    with pytest.raises(ValueError, match="holds different ones"):
+        trainer(8, enable_checkpointing=False).fit(module(), train_dataloaders=loader, ckpt_path=ckpt_path)
