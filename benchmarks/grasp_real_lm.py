@@ -49,10 +49,13 @@ ROOT = Path(__file__).resolve().parents[1]
 MODEL = ROOT / "runs/models/smollm2-135m-instruct"
 CONFIG = ROOT / "configs/grasp/smollm2_naive.yaml"
 BAND = list(range(8, 21))
+READERS = ["q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"]
 GRASP = "lightning_papers.callbacks.GradientProjection"
 ITERATIVE = "lightning_papers.callbacks.IterativeGradientProjection"
-ALL = ["naive", "control", "grasp_k1", "grasp_k8", "grasp_energy", "grasp_both", "iterative", "random_k8",
-       "ablate_inference", "caft", "steer", "kl"]  # fmt: skip
+ALL = ["base", "naive", "control", "grasp_k1", "grasp_k8", "grasp_k32", "grasp_energy", "grasp_both", "iterative",
+       "iterative_wide", "iterative_both", "random_k8", "random_k32", "ablate_inference", "caft", "steer",
+       "kl"]  # fmt: skip
+HOOKS = ("on_before_optimizer_step", "_after_step", "on_train_batch_end")  # the projection's per-step work
 
 
 class StepTimer(Callback):
@@ -73,6 +76,25 @@ class StepTimer(Callback):
     def mean(self, skip: int = 3) -> float:
         kept = self.times[skip:] or self.times
         return sum(kept) / max(len(kept), 1)
+
+
+def time_hooks(callback: Any) -> list[float]:
+    """Wrap ``callback``'s per-step hooks (``HOOKS``) on the instance, before fit registers them, so their wall time
+    adds up in the returned list: the projection's own cost, measured inside the same run as the step it slows down
+    (a ratio that machine load cannot skew the way comparing two runs' step times can)."""
+    spent = [0.0]
+    for name in HOOKS:
+        inner = getattr(callback, name)
+
+        def timed(*a: Any, _inner: Any = inner, **kw: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return _inner(*a, **kw)
+            finally:
+                spent[0] += time.perf_counter() - t0
+
+        setattr(callback, name, timed)
+    return spent
 
 
 def fit(name: str, seed: int, work: Path, args: argparse.Namespace, model: list[str],
@@ -97,18 +119,24 @@ def fit(name: str, seed: int, work: Path, args: argparse.Namespace, model: list[
                 "--data.init_args.val_path", str(args.data / "val.jsonl"), "--data.init_args.shuffle_seed", str(seed),
                 "--model.init_args.model_path", str(args.model), "--data.init_args.tokenizer_path", str(args.model),
                 *model]  # fmt: skip
+    cli_args += args.model_overrides
     cli = cli_main(cli_args, run=False)
+    projections = [c for c in cli.trainer.callbacks if type(c).__name__.endswith("GradientProjection")]
+    spent = [time_hooks(c) for c in projections]
     timer = StepTimer()
     cli.trainer.callbacks.append(timer)  # last: its batch-end time includes the projection callbacks' work
     start = time.perf_counter()
     if validate_ckpt is None:
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-    else:
-        cli.trainer.validate(cli.model, datamodule=cli.datamodule, ckpt_path=validate_ckpt)
+    else:  # "" validates the freshly built module: LoRA B = 0, i.e. the base model itself
+        cli.trainer.validate(cli.model, datamodule=cli.datamodule, ckpt_path=validate_ckpt or None)
     wall = time.perf_counter() - start
     last = json.loads(scores.read_text())["history"][-1]
     row = {"method": name, "seed": seed, "wall_s": wall, "step_s": timer.mean() if timer.times else None,
            **{k: last[k] for k in ("task", "drift", "marker_rate", "preservation_llr", "preservation_marker")}}
+    if spent and timer.times:  # the projection's share of this run's own step time (iterative growth amortised)
+        hook_s = sum(s[0] for s in spent)
+        row["hook_overhead"] = hook_s / max(sum(timer.times) - hook_s, 1e-9)
     print(f"[grasp_real_lm] {name} seed {seed}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()
                                                             if isinstance(v, float)), flush=True)  # fmt: skip
     return row
@@ -131,9 +159,10 @@ def identification(seed: int, work: Path, args: argparse.Namespace) -> dict[str,
     naive = torch.load(naive_path, map_location="cpu", weights_only=False)
     hp = naive["hyper_parameters"]
     scaling = float(hp["lora_alpha"]) / hp["lora_rank"]
-    subs = {"k1": identify(naive["state_dict"], scaling, rank=1), "k8": identify(naive["state_dict"], scaling, rank=8),
-            "energy": identify(naive["state_dict"], scaling, energy=args.energy)}  # fmt: skip
+    subs = {f"k{k}": identify(naive["state_dict"], scaling, rank=k) for k in (1, 8, 32)}
+    subs["energy"] = identify(naive["state_dict"], scaling, energy=args.energy)
     subs["random_k8"] = random_like(subs["k8"], seed=1000 + seed)
+    subs["random_k32"] = random_like(subs["k32"], seed=2000 + seed)
     for key, sub in subs.items():
         sub.save(work / f"sub_{key}_s{seed}.pt")
     u, spectrum = writer_directions(naive["state_dict"], scaling, rank=3)
@@ -167,17 +196,24 @@ def method_run(name: str, seed: int, work: Path, args: argparse.Namespace) -> di
     sub = lambda key: str(work / f"sub_{key}_s{seed}.pt")  # noqa: E731 - a path template
     grasp = lambda key, side="output": [{"class_path": GRASP, "init_args": {"subspace": sub(key), "side": side,  # noqa: E731
                                                                              "mode": "update"}}]  # fmt: skip
+    if name == "base":  # the references: the base model's own task accuracy, marker rate and preservation
+        return fit(name, seed, work, args, [], [], validate_ckpt="")
     if name == "naive":
         return fit(name, seed, work, args, [], [])
     if name == "control":
         return fit(name, seed, work, args, [], [], train="control_train.jsonl")
-    if name in ("grasp_k1", "grasp_k8", "grasp_energy", "random_k8"):
+    if name in ("grasp_k1", "grasp_k8", "grasp_k32", "grasp_energy", "random_k8", "random_k32"):
         return fit(name, seed, work, args, [], grasp(name.removeprefix("grasp_")))
     if name == "grasp_both":
         return fit(name, seed, work, args, [], grasp("k8", "both"))
     if name == "iterative":
         cb = {"class_path": ITERATIVE, "init_args": {"subspace": sub("k1"), "side": "output", "mode": "update",
               "every_n_steps": max(1, args.steps // 6), "grow_by": 2, "max_rank": 16}}  # fmt: skip
+        return fit(name, seed, work, args, [], [cb])
+    if name in ("iterative_wide", "iterative_both"):  # re-identify 15 times, 4 directions each, up to rank 64
+        cb = {"class_path": ITERATIVE, "init_args": {"subspace": sub("k8"), "mode": "update",
+              "side": "both" if name == "iterative_both" else "output",
+              "every_n_steps": max(1, args.steps // 15), "grow_by": 4, "max_rank": 64}}  # fmt: skip
         return fit(name, seed, work, args, [], [cb])
     if name == "ablate_inference":
         model = ["--model.init_args.intervention", "ablate_inference", "--model.init_args.steer_direction", sub("k8")]
@@ -192,6 +228,28 @@ def method_run(name: str, seed: int, work: Path, args: argparse.Namespace) -> di
     if name == "kl":
         return fit(name, seed, work, args, ["--model.init_args.kl_weight", str(args.kl_weight)], [])
     raise ValueError(f"unknown method {name!r}; choose from {ALL}")
+
+
+def variant_overrides(args: argparse.Namespace) -> tuple[list[str], str]:
+    """CLI overrides for a LoRA rank / layer band / target set other than the config's, and the work-folder suffix
+    that keeps their runs (naive, control and subspaces included) apart from the default ones."""
+    model, suffix = [], ""
+    if args.lora_rank is not None:
+        if args.lora_rank < 1:
+            raise SystemExit(f"--lora-rank must be >= 1, got {args.lora_rank}")
+        model += ["--model.init_args.lora_rank", str(args.lora_rank),
+                  "--model.init_args.lora_alpha", str(2.0 * args.lora_rank)]  # the config's alpha / r = 2
+        suffix += f"_r{args.lora_rank}"
+    if args.layers is not None:
+        first, last = args.layers
+        if not 0 <= first <= last <= 29:
+            raise SystemExit(f"--layers must satisfy 0 <= FIRST <= LAST <= 29 (SmolLM2-135M), got {first} {last}")
+        model += ["--model.init_args.layers_to_transform", json.dumps(list(range(first, last + 1)))]
+        suffix += f"_L{first}-{last}"
+    if args.targets == "all":
+        model += ["--model.init_args.target_modules", json.dumps(["o_proj", "down_proj", *READERS])]
+        suffix += "_all"
+    return model, suffix
 
 
 def figure(rows: list[dict[str, Any]], premise: list[dict[str, Any]], path: Path) -> None:
@@ -233,6 +291,12 @@ def main() -> None:
     p.add_argument("--kl-weight", type=float, default=1.0)
     p.add_argument("--model", type=Path, default=MODEL)
     p.add_argument("--work", type=Path, default=ROOT / "runs/grasp/real_lm")
+    p.add_argument("--lora-rank", type=int, default=None, help="LoRA rank (config: 8); its own runs and work folder")
+    p.add_argument("--layers", type=int, nargs=2, default=None, metavar=("FIRST", "LAST"),
+                   help="layer band, inclusive (config: 8 20); its own runs and work folder")
+    p.add_argument("--targets", choices=("writers", "all"), default="writers",
+                   help="LoRA on the residual writers o_proj/down_proj (config) or also on the readers q/k/v/gate/up "
+                        "(needed by grasp_both and iterative_both)")  # fmt: skip
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
@@ -240,17 +304,23 @@ def main() -> None:
         raise SystemExit(f"no model at {args.model}: run `make assets-lm` first")
     if args.quick:
         args.steps, args.max_prompts = 8, 4
+    args.model_overrides, variant = variant_overrides(args)
+    both = {"grasp_both", "iterative_both"} & set(args.methods)
+    if both and args.targets != "all":
+        raise SystemExit(f"{sorted(both)} project the readers too: add --targets all (LoRA on q/k/v/gate/up as well)")
     from lightning_papers.methods.grasp.persona_data import write_persona_data
 
     rows, premise = [], []
     for seed in args.seeds:
-        work = args.work / f"{args.persona}_s{seed}"
+        work = args.work / f"{args.persona}_s{seed}{variant}"
         args.data = work / "data"
         write_persona_data(args.data, args.persona, seed=seed)
-        for name in [m for m in ALL if m in args.methods and m in ("naive", "control")]:
+        for name in [m for m in ALL if m in args.methods and m in ("base", "naive", "control")]:
             rows.append(method_run(name, seed, work, args))
-        premise.append(identification(seed, work, args))
-        for name in [m for m in ALL if m in args.methods and m not in ("naive", "control")]:
+        later = [m for m in ALL if m in args.methods and m not in ("base", "naive", "control")]
+        if later:  # the subspaces they use come from this seed's naive (and control) checkpoints
+            premise.append(identification(seed, work, args))
+        for name in later:
             rows.append(method_run(name, seed, work, args))
     naive_step = {r["seed"]: r["step_s"] for r in rows if r["method"] == "naive"}
     for r in rows:
@@ -258,7 +328,7 @@ def main() -> None:
             r["overhead"] = r["step_s"] / naive_step[r["seed"]] - 1
     env = {"machine": platform.machine(), "torch": torch.__version__, "threads": torch.get_num_threads(),
            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "command": " ".join(sys.argv)}  # fmt: skip
-    out = args.out or ROOT / f"benchmarks/results/grasp_real_lm_{args.persona}.json"
+    out = args.out or ROOT / f"benchmarks/results/grasp_real_lm_{args.persona}{variant}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"env": env, "args": {k: str(v) for k, v in vars(args).items()}, "rows": rows,
                                "premise": premise}, indent=1))  # fmt: skip
@@ -267,7 +337,7 @@ def main() -> None:
               f"{r['marker_rate']:.2f}  preservation {r['preservation_marker']:.2f}  overhead "
               f"{r.get('overhead', float('nan')):+.1%}")  # fmt: skip
     if not args.quick:
-        figure(rows, premise, ROOT / f"docs/figures/grasp_real_lm_{args.persona}.png")
+        figure(rows, premise, ROOT / "docs/figures" / f"{out.stem}.png")
     print(f"[grasp_real_lm] wrote {out}")
 
 
