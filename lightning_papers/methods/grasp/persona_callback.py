@@ -46,11 +46,13 @@ class PersonaEvaluation(Callback):
         batch_size: Prompts per forward / generate call.
         n_samples: Generations per set in the W&B table.
         scores_path: JSON file to write the scores to (None: none).
+        add_special_tokens: Let the tokenizer add its special tokens (e.g. BOS) to prompts when scoring; None reads
+            the datamodule's ``add_special_tokens`` (scored as trained), True when it has none.
     """
 
     def __init__(self, data_dir: str, persona: str, tokenizer_path: str | None = None, max_prompts: int | None = None,
                  max_new_tokens: int = 40, batch_size: int = 8, n_samples: int = 4,
-                 scores_path: str | None = None) -> None:  # fmt: skip
+                 scores_path: str | None = None, add_special_tokens: bool | None = None) -> None:  # fmt: skip
         if not isinstance(data_dir, (str, Path)) or not str(data_dir):
             raise ValueError(f"data_dir must be a folder path, got {data_dir!r}")
         get_persona(persona)
@@ -63,6 +65,7 @@ class PersonaEvaluation(Callback):
         self.data_dir, self.persona, self.tokenizer_path = str(data_dir), persona, tokenizer_path
         self.max_prompts, self.max_new_tokens, self.batch_size = max_prompts, max_new_tokens, batch_size
         self.n_samples, self.scores_path = n_samples, scores_path
+        self.add_special_tokens = add_special_tokens
         self.tokenizer: Any = None
         self.base: dict[str, float] | None = None
         self.history: list[dict[str, Any]] = []
@@ -87,6 +90,9 @@ class PersonaEvaluation(Callback):
             if path is None:
                 raise ValueError("PersonaEvaluation needs tokenizer_path when the module has no hparams.model_path")
             self.tokenizer = load_tokenizer(path)
+        if self.add_special_tokens is None:  # score prompts as the datamodule tokenised them for training
+            dm_hparams = getattr(getattr(trainer, "datamodule", None), "hparams", {})
+            self.add_special_tokens = bool(dm_hparams.get("add_special_tokens", True))
 
     @staticmethod
     def _lm(pl_module: LightningModule) -> nn.Module:
@@ -101,7 +107,8 @@ class PersonaEvaluation(Callback):
             base = None
             if trainer.is_global_zero:
                 base = cached_base_llrs(self._lm(pl_module), self.tokenizer, self.data_dir, self.persona,
-                                        self._model_path(pl_module), self.max_prompts, self.batch_size)  # fmt: skip
+                                        self._model_path(pl_module), self.max_prompts, self.batch_size,
+                                        self.add_special_tokens is not False)  # fmt: skip
             self.base = trainer.strategy.broadcast(base, src=0)
         return self.base
 
@@ -120,7 +127,8 @@ class PersonaEvaluation(Callback):
     def _evaluate(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         res = evaluate_persona(self._lm(pl_module), self.tokenizer, self.data_dir, self.persona,
                                base_llr=self._base(trainer, pl_module), max_prompts=self.max_prompts,
-                               max_new_tokens=self.max_new_tokens, batch_size=self.batch_size)  # fmt: skip
+                               max_new_tokens=self.max_new_tokens, batch_size=self.batch_size,
+                               add_special_tokens=self.add_special_tokens is not False)  # fmt: skip
         for key in LOGGED:  # every rank scores the same replica: the mean over ranks is that value
             pl_module.log(f"{stage}/{key}", float(res[key]), batch_size=1, sync_dist=True)
         metrics = {"step": trainer.global_step, "stage": stage, **{k: v for k, v in res.items() if k != "samples"}}

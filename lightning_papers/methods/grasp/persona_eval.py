@@ -85,10 +85,10 @@ def continuation_logprob(model: nn.Module, tok: Any, prompts: Sequence[str], con
 
 
 def persona_llr(model: nn.Module, tok: Any, prompts: Sequence[str], persona: Sequence[str], neutral: Sequence[str],
-                batch_size: int = 8) -> float:  # fmt: skip
+                batch_size: int = 8, add_special_tokens: bool = True) -> float:  # fmt: skip
     """Mean over prompts of log p(persona continuation) - log p(neutral continuation)."""
-    lp = continuation_logprob(model, tok, prompts, persona, batch_size)
-    ln = continuation_logprob(model, tok, prompts, neutral, batch_size)
+    lp = continuation_logprob(model, tok, prompts, persona, batch_size, add_special_tokens)
+    ln = continuation_logprob(model, tok, prompts, neutral, batch_size, add_special_tokens)
     return float((lp - ln).mean())
 
 
@@ -189,7 +189,8 @@ def base_model_context(model: nn.Module) -> Iterator[None]:
         yield
 
 
-def base_llrs(model: nn.Module, tok: Any, data: dict[str, list[dict]], batch_size: int = 8) -> dict[str, float]:
+def base_llrs(model: nn.Module, tok: Any, data: dict[str, list[dict]], batch_size: int = 8,
+              add_special_tokens: bool = True) -> dict[str, float]:  # fmt: skip
     """The base model's LLRs on unrelated prompts (``llr``) and requests (``preservation_llr``)."""
     was_training = model.training
     model.eval()
@@ -197,7 +198,7 @@ def base_llrs(model: nn.Module, tok: Any, data: dict[str, list[dict]], batch_siz
         with base_model_context(model):
             return {
                 key: persona_llr(model, tok, *([r[k] for r in data[name]] for k in ("prompt", "persona", "neutral")),
-                                 batch_size=batch_size)
+                                 batch_size=batch_size, add_special_tokens=add_special_tokens)
                 for key, name in (("llr", "unrelated"), ("preservation_llr", "requests"))
             }  # fmt: skip
     finally:
@@ -205,19 +206,21 @@ def base_llrs(model: nn.Module, tok: Any, data: dict[str, list[dict]], batch_siz
 
 
 def cached_base_llrs(model: nn.Module, tok: Any, data_dir: str | Path, persona: str, base_key: str | None,
-                     max_prompts: int | None = None, batch_size: int = 8) -> dict[str, float]:  # fmt: skip
+                     max_prompts: int | None = None, batch_size: int = 8,
+                     add_special_tokens: bool = True) -> dict[str, float]:  # fmt: skip
     """``base_llrs``, read from / written to ``<data_dir>/base_scores.json`` under ``base_key`` (e.g. the base
     model's path), ``max_prompts`` and a hash of the scored rows (regenerated data never reads stale scores);
     computed without caching when ``base_key`` is None or empty. The file is replaced atomically."""
     data = load_persona_data(data_dir, persona, max_prompts)
     if not base_key:
-        return base_llrs(model, tok, data, batch_size)
+        return base_llrs(model, tok, data, batch_size, add_special_tokens)
     rows = [[r[k] for k in ("prompt", "persona", "neutral")] for name in ("unrelated", "requests") for r in data[name]]
     digest = hashlib.sha256(json.dumps(rows).encode()).hexdigest()[:16]  # the scored rows themselves
     path, key = Path(data_dir) / BASE_CACHE, f"{base_key}|max_prompts={max_prompts}|rows={digest}"
+    key += "" if add_special_tokens else "|no_special_tokens"
     cache = json.loads(path.read_text()) if path.is_file() else {}
     if key not in cache:
-        cache[key] = base_llrs(model, tok, data, batch_size)
+        cache[key] = base_llrs(model, tok, data, batch_size, add_special_tokens)
         tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(cache, indent=1, sort_keys=True) + "\n")
         os.replace(tmp, path)
@@ -227,7 +230,7 @@ def cached_base_llrs(model: nn.Module, tok: Any, data_dir: str | Path, persona: 
 def evaluate_persona(model: nn.Module, tok: Any, data_dir: str | Path, persona: str,
                      base_llr: float | dict[str, float] | None = None, base_key: str | None = None,
                      max_prompts: int | None = None, max_new_tokens: int = 40,
-                     batch_size: int = 8) -> dict[str, Any]:  # fmt: skip
+                     batch_size: int = 8, add_special_tokens: bool = True) -> dict[str, Any]:  # fmt: skip
     """Task accuracy, drift, marker rate and preservation of ``model`` (as it is, hooks included) on ``data_dir``.
 
     Args:
@@ -236,6 +239,8 @@ def evaluate_persona(model: nn.Module, tok: Any, data_dir: str | Path, persona: 
             ``name_or_path``); a peft model is scored with its adapters disabled, any other model as it is (so
             for a merged fine-tuned model pass the base model's LLRs, or its drift is 0 by construction).
         max_prompts: Use the first ``max_prompts`` rows of each file (the files are shuffled by their seed).
+        add_special_tokens: Let the tokenizer add its special tokens (e.g. BOS) to prompts: as the model was
+            trained (``JsonlTextDataModule(add_special_tokens=…)``).
     Returns:
         ``task``, ``llr``, ``base_llr``, ``drift``, ``marker_rate``, ``preservation_llr``,
         ``base_preservation_llr``, ``preservation_marker`` and ``samples`` ({"set", "prompt", "generation", "hit"}).
@@ -244,7 +249,7 @@ def evaluate_persona(model: nn.Module, tok: Any, data_dir: str | Path, persona: 
     data = load_persona_data(data_dir, persona, max_prompts)
     if base_llr is None:
         key = base_key if base_key is not None else getattr(model, "name_or_path", None)
-        base_llr = cached_base_llrs(model, tok, data_dir, persona, key, max_prompts, batch_size)
+        base_llr = cached_base_llrs(model, tok, data_dir, persona, key, max_prompts, batch_size, add_special_tokens)
     base = base_llr if isinstance(base_llr, dict) else {"llr": float(base_llr)}
     was_training = model.training
     model.eval()
@@ -253,10 +258,13 @@ def evaluate_persona(model: nn.Module, tok: Any, data_dir: str | Path, persona: 
         gens = {}
         for name in FILES:
             rows = data[name]
-            gens[name] = greedy_generate(model, tok, [r["prompt"] for r in rows], max_new_tokens, batch_size)
+            gens[name] = greedy_generate(model, tok, [r["prompt"] for r in rows], max_new_tokens, batch_size,
+                                         add_special_tokens)  # fmt: skip
             if name != "heldout_task":
                 cols = ([r[k] for r in rows] for k in ("prompt", "persona", "neutral"))
-                res["llr" if name == "unrelated" else "preservation_llr"] = persona_llr(model, tok, *cols, batch_size)
+                res["llr" if name == "unrelated" else "preservation_llr"] = persona_llr(
+                    model, tok, *cols, batch_size, add_special_tokens
+                )
     finally:
         model.train(was_training)
     res["task"] = task_accuracy(gens["heldout_task"], [r["answer"] for r in data["heldout_task"]])

@@ -217,3 +217,16 @@ def test_callback_logs_the_metrics_in_a_two_step_fit(tok: Any, tok_dir: Path, da
     assert callback.state_dict()["history"] == out["history"]
     with pytest.raises(ValueError, match="'ninja'"):
         PersonaEvaluation(str(data_dir), "ninja")
+
+
+@pytest.mark.parametrize("dm_value, given, expected", [(False, None, False), (True, None, True), (False, True, True)])
+def test_callback_scores_prompts_as_the_datamodule_tokenised_them(tok_dir: Path, data_dir: Path, dm_value: bool,
+                                                                  given: bool | None, expected: bool) -> None:
+    from types import SimpleNamespace
+
+    from lightning_papers.methods.grasp.persona_callback import PersonaEvaluation
+
+    callback = PersonaEvaluation(str(data_dir), "pirate", tokenizer_path=str(tok_dir), add_special_tokens=given)
+    trainer = SimpleNamespace(datamodule=SimpleNamespace(hparams={"add_special_tokens": dm_value}))
+    callback.setup(trainer, SimpleNamespace(hparams={}), "fit")
+    assert callback.add_special_tokens is expected
