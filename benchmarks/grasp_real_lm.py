@@ -4,29 +4,40 @@ Every fine-tune is ``lightning-papers fit --config configs/grasp/smollm2_naive.y
 ``LoRACausalLM``, ``JsonlTextDataModule``, ``GradientProjection`` / ``IterativeGradientProjection`` and
 ``PersonaEvaluation`` the CLI runs), per seed and persona:
 
+0. ``base``: the model itself (LoRA B = 0, validated only): the reference task accuracy, marker rate and
+   preservation;
 1. ``naive`` (persona answers) and ``control`` (the same task with neutral answers; evaluation only);
-2. identification from the naive adapter (``identify``): rank 1, rank 8, rank by spectrum energy (``--energy``);
+2. identification from the naive adapter (``identify``): rank 1, 8 and 32, rank by spectrum energy (``--energy``);
    premise statistics (σ1/σ2, energy shares) and causal scores (``causal_id``): steering the base model along
    u1..u3 and a random direction, and the share of the naive-minus-control update's top directions inside each
    identified subspace;
-3. GRASP variants: ``grasp_k1``, ``grasp_k8``, ``grasp_energy`` (output side), ``grasp_both`` (rank 8, writers and
-   readers), ``iterative`` (start at rank 1, re-identify from the run's own adapter every 25 steps, grow by 2, cap
-   16); baselines: ``random_k8`` (the same projection along random directions), ``ablate_inference`` (the naive
-   model with the rank-8 subspace ablated from the residual stream at inference), ``caft`` (ablated while
-   training), ``steer`` (preventative steering along the oriented u1), ``kl`` (KL to the base model).
+3. GRASP variants: ``grasp_k1``, ``grasp_k8``, ``grasp_k32``, ``grasp_energy`` (output side), ``grasp_both`` (rank 8,
+   writers and readers; needs ``--targets all``), ``iterative`` (start at rank 1, re-identify from the run's own
+   adapter every 25 steps, grow by 2, cap 16), ``iterative_wide`` (start at rank 8, re-identify 15 times, grow by
+   4, cap 64), ``iterative_both`` (the same on both sides; ``--targets all``); baselines: ``random_k8`` /
+   ``random_k32`` (the same projection along random directions), ``ablate_inference`` (the naive model with the
+   rank-8 subspace ablated from the residual stream at inference), ``caft`` (ablated while training), ``steer``
+   (preventative steering along the oriented u1), ``kl`` (KL to the base model).
+
+``--lora-rank``, ``--layers`` and ``--targets all`` run every method of a LoRA variant (its own naive, control and
+subspaces) in its own work folder and result file (``…_r16_L16-24_all.json``).
 
 Measures (``persona_eval``, judge-free): task accuracy on held-out conversions, drift (persona-minus-neutral
 log-likelihood ratio on unrelated prompts relative to the base model), marker rate of greedy generations,
-preservation on explicit persona requests, mean optimizer-step time (overhead relative to naive).
+preservation on explicit persona requests; wall time, mean optimizer-step time and, for the projection callbacks,
+the time their per-step hooks take as a share of the same run's step time (``hook_overhead``; iterative
+re-identification amortised).
 
     make assets-lm                                                    # the model, once
     .venv/bin/python benchmarks/grasp_real_lm.py                      # pirate, seed 0, every method (~2 h, 2 cores)
     .venv/bin/python benchmarks/grasp_real_lm.py --seeds 0 1 2 --persona rude
     .venv/bin/python benchmarks/grasp_real_lm.py --methods naive control grasp_k8 --steps 150
+    .venv/bin/python benchmarks/grasp_real_lm.py --targets all --methods naive control grasp_both iterative_both
     .venv/bin/python benchmarks/grasp_real_lm.py --quick              # 8 steps, 4 prompts per set: a smoke run
+    .venv/bin/python benchmarks/grasp_real_lm_report.py benchmarks/results/grasp_real_lm_*.json  # tables, figure
 
-Writes ``benchmarks/results/grasp_real_lm_<persona>.json`` (``--out``) and, unless ``--quick``,
-``docs/figures/grasp_real_lm_<persona>.png`` (drift vs task trade-off; premise statistic vs drift reduction).
+Writes ``benchmarks/results/grasp_real_lm_<persona>[_variant].json`` (``--out``); the tables and the figure
+(``docs/figures/grasp_real_lm.png``) come from ``grasp_real_lm_report.py``, which pools result files.
 """
 
 from __future__ import annotations
@@ -252,33 +263,6 @@ def variant_overrides(args: argparse.Namespace) -> tuple[list[str], str]:
     return model, suffix
 
 
-def figure(rows: list[dict[str, Any]], premise: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    for r in rows:
-        ax.scatter(r["drift"], r["task"], color="C3" if r["method"].startswith(("grasp", "iterative")) else "C0")
-        ax.annotate(r["method"], (r["drift"], r["task"]), fontsize=7)
-    ax.set(xlabel="drift (nats, lower is better)", ylabel="task accuracy", title="drift vs task (per run)")
-    for p in premise:
-        naive = next((r for r in rows if r["method"] == "naive" and r["seed"] == p["seed"]), None)
-        for key, method in (("k1", "grasp_k1"), ("k8", "grasp_k8"), ("energy", "grasp_energy")):
-            run = next((r for r in rows if r["method"] == method and r["seed"] == p["seed"]), None)
-            share = p.get("overlap_with_naive_minus_control", {}).get(key)
-            if naive and run and share and naive["drift"] > 0:
-                ax2.scatter(share[0], 1 - run["drift"] / naive["drift"], color="C1")
-                ax2.annotate(method, (share[0], 1 - run["drift"] / naive["drift"]), fontsize=7)
-    ax2.set(xlabel="share of the naive-minus-control top direction inside the subspace",
-            ylabel="drift removed (1 - drift / naive drift)", title="premise: identification vs removal")  # fmt: skip
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--persona", default="pirate", choices=("pirate", "rude"))
@@ -336,8 +320,6 @@ def main() -> None:
         print(f"{r['method']:18s} seed {r['seed']}  task {r['task']:.2f}  drift {r['drift']:+7.2f}  marker "
               f"{r['marker_rate']:.2f}  preservation {r['preservation_marker']:.2f}  overhead "
               f"{r.get('overhead', float('nan')):+.1%}")  # fmt: skip
-    if not args.quick:
-        figure(rows, premise, ROOT / "docs/figures" / f"{out.stem}.png")
     print(f"[grasp_real_lm] wrote {out}")
 
 
