@@ -196,7 +196,8 @@ def identification(seed: int, work: Path, args: argparse.Namespace) -> dict[str,
     directions = {"u1": oriented[:, 0], "u2": u[:, 1].float(), "u3": u[:, 2].float(),
                   "random": torch.randn(u.shape[0], generator=g)}  # fmt: skip
     with module.model.disable_adapter():
-        out["steering_drift"] = {name: steering_drift(module.model, tok, rows, d, BAND, args.steer_coef)
+        band = list(range(args.layers[0], args.layers[1] + 1)) if args.layers else BAND  # the adapter's layers
+        out["steering_drift"] = {name: steering_drift(module.model, tok, rows, d, band, args.steer_coef)
                                  for name, d in directions.items()}  # fmt: skip
     print(f"[grasp_real_lm] identification seed {seed}: gap {out['gap']:.2f}, energy rank {out['energy_rank']}, "
           f"steering {out['steering_drift']}", flush=True)  # fmt: skip
@@ -267,7 +268,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--persona", default="pirate", choices=("pirate", "rude"))
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--methods", nargs="+", default=ALL, choices=ALL)
+    p.add_argument("--methods", nargs="+", default=None, choices=ALL,
+                   help="default: all (the two-sided ones only with --targets all)")
     p.add_argument("--steps", type=int, default=150)
     p.add_argument("--max-prompts", type=int, default=40)
     p.add_argument("--energy", type=float, default=0.5, help="spectrum share for grasp_energy")
@@ -289,7 +291,10 @@ def main() -> None:
     if args.quick:
         args.steps, args.max_prompts = 8, 4
     args.model_overrides, variant = variant_overrides(args)
-    both = {"grasp_both", "iterative_both"} & set(args.methods)
+    two_sided = {"grasp_both", "iterative_both"}
+    if args.methods is None:
+        args.methods = [m for m in ALL if args.targets == "all" or m not in two_sided]
+    both = two_sided & set(args.methods)
     if both and args.targets != "all":
         raise SystemExit(f"{sorted(both)} project the readers too: add --targets all (LoRA on q/k/v/gate/up as well)")
     from lightning_papers.methods.grasp.persona_data import write_persona_data

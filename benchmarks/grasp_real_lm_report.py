@@ -27,9 +27,16 @@ COLUMNS = ("task", "drift", "removed", "marker_rate", "preservation_marker", "pr
            "wall_s")  # fmt: skip
 
 
+DEFAULTS = {"steps": "150", "max_prompts": "40", "energy": "0.5", "steer_coef": "6.0", "kl_weight": "1.0"}
+
+
 def setting_of(args: dict[str, str]) -> str:
-    """``pirate``, ``rude_r16_L16-24`` …: the persona and whatever LoRA variant the run used."""
+    """``pirate``, ``rude_r16_L16-24``, ``pirate_steps=300`` …: the persona, whatever LoRA variant the run used and
+    any budget or method setting off the benchmark's defaults (runs are only pooled, and compared with a naive run,
+    within one setting)."""
     parts = [args["persona"]]
+    if Path(args.get("model", "smollm2-135m-instruct")).name != "smollm2-135m-instruct":
+        parts.append(Path(args["model"]).name)
     if args.get("lora_rank", "None") != "None":
         parts.append(f"r{args['lora_rank']}")
     if args.get("layers", "None") != "None":
@@ -37,6 +44,7 @@ def setting_of(args: dict[str, str]) -> str:
         parts.append(f"L{first}-{last}")
     if args.get("targets", "writers") == "all":
         parts.append("all")
+    parts += [f"{k}={args[k]}" for k, v in DEFAULTS.items() if args.get(k, v) != v]
     return "_".join(parts)
 
 
@@ -44,7 +52,7 @@ def load(files: list[Path]) -> tuple[dict[str, dict[tuple[str, int], dict]], dic
     """``{setting: {(method, seed): row}}`` and ``{setting: {seed: premise}}``, later files overriding earlier."""
     rows: dict[str, dict[tuple[str, int], dict]] = {}
     premise: dict[str, dict[int, dict]] = {}
-    for f in sorted(files, key=lambda f: json.loads(f.read_text())["env"]["date"]):
+    for f in sorted(files, key=lambda f: json.loads(f.read_text()).get("env", {}).get("date", "")):
         data = json.loads(f.read_text())
         if data["args"].get("quick") == "True":
             continue
@@ -56,7 +64,8 @@ def load(files: list[Path]) -> tuple[dict[str, dict[tuple[str, int], dict]], dic
     for runs in rows.values():  # drift removed, against the same seed's naive run
         for (_, seed), r in runs.items():
             naive = runs.get(("naive", seed))
-            r["removed"] = 1 - r["drift"] / naive["drift"] if naive and naive["drift"] > 0 else None
+            usable = naive and naive["drift"] > 0 and r["method"] not in ("base", "naive")
+            r["removed"] = 1 - r["drift"] / naive["drift"] if usable else None
     return rows, premise
 
 
@@ -116,7 +125,7 @@ def figure(rows: dict, points: list[dict[str, Any]], path: Path) -> None:
 
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.6))
     ax = axes[0]
-    markers = dict(zip(sorted(rows), "os^vDP*X"))
+    markers = {setting: "os^vDP*X"[i % 8] for i, setting in enumerate(sorted(rows))}
     for setting, runs in rows.items():
         for m in sorted({m for m, _ in runs}):
             rs = [r for (mm, _), r in runs.items() if mm == m]

@@ -295,7 +295,10 @@ class LoRACausalLM(LightningModule):
         still refuses unknown keys and missing trainable ones)."""
         if "frozen_weights_from" not in checkpoint or self.model is None:
             return
-        saved, now = checkpoint.get("frozen_weights_fingerprint"), self._frozen_fingerprint()
+        saved = checkpoint.get("frozen_weights_fingerprint")
+        # at the checkpoint's dtype: Lightning restores before a "16-true"/"bf16-true" precision converts the module
+        now = self._frozen_fingerprint(getattr(torch, str(saved.get("dtype", "torch.float32")).removeprefix("torch."))
+                                       if saved else None)  # fmt: skip
         if saved is not None and (saved["count"] != now["count"]
                                   or abs(saved["sum"] - now["sum"]) > 1e-6 * max(1.0, abs(saved["sum"]))):  # fmt: skip
             raise ValueError(f"this checkpoint's LoRA weights were trained on the frozen weights at "
@@ -308,11 +311,14 @@ class LoRACausalLM(LightningModule):
             state.setdefault(key, own[key].detach())
 
     @torch.no_grad()
-    def _frozen_fingerprint(self) -> dict[str, float | int]:
-        """Element count and float64 sum of the frozen weights: which base model a LoRA-only checkpoint belongs to."""
+    def _frozen_fingerprint(self, dtype: torch.dtype | None = None) -> dict[str, Any]:
+        """Element count, dtype and float64 sum (of the weights cast to ``dtype``, if given) of the frozen weights:
+        which base model a LoRA-only checkpoint belongs to."""
         own = self.state_dict(keep_vars=True)
-        tensors = [own[k] for k in sorted(self._frozen_keys())]
-        return {"count": sum(t.numel() for t in tensors), "sum": float(sum(t.double().sum() for t in tensors))}
+        tensors = [own[k].detach() for k in sorted(self._frozen_keys())]
+        dtype = dtype or (tensors[0].dtype if tensors else torch.float32)
+        return {"count": sum(t.numel() for t in tensors), "dtype": str(dtype),
+                "sum": float(sum(t.to(dtype).double().sum() for t in tensors))}  # fmt: skip
 
     def _frozen_keys(self) -> set[str]:
         """State-dict keys of frozen parameters, as the state dict names them (a tied ``lm_head.weight`` included)."""

@@ -66,6 +66,7 @@ class PersonaEvaluation(Callback):
         self.max_prompts, self.max_new_tokens, self.batch_size = max_prompts, max_new_tokens, batch_size
         self.n_samples, self.scores_path = n_samples, scores_path
         self.add_special_tokens = add_special_tokens
+        self._add_special = True  # resolved in setup
         self.tokenizer: Any = None
         self.base: dict[str, float] | None = None
         self.history: list[dict[str, Any]] = []
@@ -90,9 +91,10 @@ class PersonaEvaluation(Callback):
             if path is None:
                 raise ValueError("PersonaEvaluation needs tokenizer_path when the module has no hparams.model_path")
             self.tokenizer = load_tokenizer(path)
-        if self.add_special_tokens is None:  # score prompts as the datamodule tokenised them for training
+        self._add_special = self.add_special_tokens
+        if self._add_special is None:  # score prompts as the datamodule tokenised them for training
             dm_hparams = getattr(getattr(trainer, "datamodule", None), "hparams", {})
-            self.add_special_tokens = bool(dm_hparams.get("add_special_tokens", True))
+            self._add_special = bool(dm_hparams.get("add_special_tokens", True))
 
     @staticmethod
     def _lm(pl_module: LightningModule) -> nn.Module:
@@ -108,7 +110,7 @@ class PersonaEvaluation(Callback):
             if trainer.is_global_zero:
                 base = cached_base_llrs(self._lm(pl_module), self.tokenizer, self.data_dir, self.persona,
                                         self._model_path(pl_module), self.max_prompts, self.batch_size,
-                                        self.add_special_tokens is not False)  # fmt: skip
+                                        self._add_special)  # fmt: skip
             self.base = trainer.strategy.broadcast(base, src=0)
         return self.base
 
@@ -128,7 +130,7 @@ class PersonaEvaluation(Callback):
         res = evaluate_persona(self._lm(pl_module), self.tokenizer, self.data_dir, self.persona,
                                base_llr=self._base(trainer, pl_module), max_prompts=self.max_prompts,
                                max_new_tokens=self.max_new_tokens, batch_size=self.batch_size,
-                               add_special_tokens=self.add_special_tokens is not False)  # fmt: skip
+                               add_special_tokens=self._add_special)  # fmt: skip
         for key in LOGGED:  # every rank scores the same replica: the mean over ranks is that value
             pl_module.log(f"{stage}/{key}", float(res[key]), batch_size=1, sync_dist=True)
         metrics = {"step": trainer.global_step, "stage": stage, **{k: v for k, v in res.items() if k != "samples"}}

@@ -229,4 +229,4 @@ def test_callback_scores_prompts_as_the_datamodule_tokenised_them(tok_dir: Path,
     callback = PersonaEvaluation(str(data_dir), "pirate", tokenizer_path=str(tok_dir), add_special_tokens=given)
     trainer = SimpleNamespace(datamodule=SimpleNamespace(hparams={"add_special_tokens": dm_value}))
     callback.setup(trainer, SimpleNamespace(hparams={}), "fit")
-    assert callback.add_special_tokens is expected
+    assert callback._add_special is expected
