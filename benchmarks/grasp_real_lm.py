@@ -142,9 +142,12 @@ def fit(name: str, seed: int, work: Path, args: argparse.Namespace, model: list[
     else:  # "" validates the freshly built module: LoRA B = 0, i.e. the base model itself
         cli.trainer.validate(cli.model, datamodule=cli.datamodule, ckpt_path=validate_ckpt or None)
     wall = time.perf_counter() - start
-    last = json.loads(scores.read_text())["history"][-1]
+    written = json.loads(scores.read_text())
+    last = written["history"][-1]
     row = {"method": name, "seed": seed, "wall_s": wall, "step_s": timer.mean() if timer.times else None,
            **{k: last[k] for k in ("task", "drift", "marker_rate", "preservation_llr", "preservation_marker")}}
+    row["samples"] = [x for kind in ("heldout_task", "unrelated", "requests")
+                      for x in [x for x in written["samples"] if x["set"] == kind][:2]]  # fmt: skip
     if spent and timer.times:  # the projection's share of this run's own step time (iterative growth amortised)
         hook_s = sum(s[0] for s in spent)
         row["hook_overhead"] = hook_s / max(sum(timer.times) - hook_s, 1e-9)
