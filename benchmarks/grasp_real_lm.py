@@ -15,9 +15,11 @@ Every fine-tune is ``lightning-papers fit --config configs/grasp/smollm2_naive.y
    writers and readers; needs ``--targets all``), ``iterative`` (start at rank 1, re-identify from the run's own
    adapter every 25 steps, grow by 2, cap 16), ``iterative_wide`` (start at rank 8, re-identify 15 times, grow by
    4, cap 64), ``iterative_both`` (the same on both sides; ``--targets all``); baselines: ``random_k8`` /
-   ``random_k32`` (the same projection along random directions), ``ablate_inference`` (the naive model with the
-   rank-8 subspace ablated from the residual stream at inference), ``caft`` (ablated while training), ``steer``
-   (preventative steering along the oriented u1), ``kl`` (KL to the base model).
+   ``random_k32`` (the same projection along random directions), ``oracle_k8`` / ``oracle_k32`` (the projection
+   along the top directions of the naive-minus-control update: supervised, an upper bound for identification),
+   ``ablate_inference`` (the naive model with the rank-8 subspace ablated from the residual stream at inference),
+   ``caft`` (ablated while training), ``steer`` (preventative steering along the oriented u1), ``kl`` (KL to the
+   base model).
 
 ``--lora-rank``, ``--layers`` and ``--targets all`` run every method of a LoRA variant (its own naive, control and
 subspaces) in its own work folder and result file (``…_r16_L16-24_all.json``).
@@ -64,8 +66,8 @@ READERS = ["q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"]
 GRASP = "lightning_papers.callbacks.GradientProjection"
 ITERATIVE = "lightning_papers.callbacks.IterativeGradientProjection"
 ALL = ["base", "naive", "control", "grasp_k1", "grasp_k8", "grasp_k32", "grasp_energy", "grasp_both", "iterative",
-       "iterative_wide", "iterative_both", "random_k8", "random_k32", "ablate_inference", "caft", "steer",
-       "kl"]  # fmt: skip
+       "iterative_wide", "iterative_both", "random_k8", "random_k32", "oracle_k8", "oracle_k32", "ablate_inference",
+       "caft", "steer", "kl"]  # fmt: skip
 HOOKS = ("on_before_optimizer_step", "_after_step", "on_train_batch_end")  # the projection's per-step work
 
 
@@ -177,6 +179,10 @@ def identification(seed: int, work: Path, args: argparse.Namespace) -> dict[str,
     subs["energy"] = identify(naive["state_dict"], scaling, energy=args.energy)
     subs["random_k8"] = random_like(subs["k8"], seed=1000 + seed)
     subs["random_k32"] = random_like(subs["k32"], seed=2000 + seed)
+    if control_path.is_file():  # supervised: the top directions of the naive-minus-control update (an upper bound)
+        control_sd = torch.load(control_path, map_location="cpu", weights_only=False)["state_dict"]
+        for k in (8, 32):
+            subs[f"oracle_k{k}"] = identify(lora_difference(naive["state_dict"], control_sd), scaling, rank=k)
     for key, sub in subs.items():
         sub.save(work / f"sub_{key}_s{seed}.pt")
     u, spectrum = writer_directions(naive["state_dict"], scaling, rank=3)
@@ -217,7 +223,8 @@ def method_run(name: str, seed: int, work: Path, args: argparse.Namespace) -> di
         return fit(name, seed, work, args, [], [])
     if name == "control":
         return fit(name, seed, work, args, [], [], train="control_train.jsonl")
-    if name in ("grasp_k1", "grasp_k8", "grasp_k32", "grasp_energy", "random_k8", "random_k32"):
+    if name in ("grasp_k1", "grasp_k8", "grasp_k32", "grasp_energy", "random_k8", "random_k32", "oracle_k8",
+                "oracle_k32"):  # fmt: skip
         return fit(name, seed, work, args, [], grasp(name.removeprefix("grasp_")))
     if name == "grasp_both":
         return fit(name, seed, work, args, [], grasp("k8", "both"))
