@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import re
 from dataclasses import dataclass
@@ -283,17 +284,25 @@ def make_persona_data(persona: str, seed: int = 0, n_train: int = 300, n_heldout
 
 
 def write_persona_data(out: str | Path, persona: str, seed: int = 0, **kw: Any) -> Path:
-    """Write the JSONL files and ``meta.json`` (persona, seed, format, system prompt, markers) under ``out``."""
+    """Write the JSONL files and ``meta.json`` (persona, seed, format, system prompt, markers) under ``out``.
+
+    Files whose content is already there are left untouched (runs reading the folder meanwhile see no change, and
+    the base-model score cache stays); changed ones are replaced atomically and the cache is dropped."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     data = make_persona_data(persona, seed, **kw)
-    (out / "base_scores.json").unlink(missing_ok=True)  # cached base-model scores of the files being replaced
-    for stem, rows in data.items():
-        with (out / f"{stem}.jsonl").open("w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows)
     meta = {"persona": persona, "seed": seed, "format": "chatml", "system": kw.get("system", SYSTEM_PROMPT),
             "markers": list(get_persona(persona).markers), "counts": {k: len(v) for k, v in data.items()}}  # fmt: skip
-    (out / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+    texts = {f"{stem}.jsonl": "".join(json.dumps(r) + "\n" for r in rows) for stem, rows in data.items()}
+    texts["meta.json"] = json.dumps(meta, indent=1) + "\n"
+    changed = {name: text for name, text in texts.items()
+               if not (out / name).is_file() or (out / name).read_text() != text}  # fmt: skip
+    if changed:
+        (out / "base_scores.json").unlink(missing_ok=True)  # cached base-model scores of the files being replaced
+    for name, text in changed.items():
+        tmp = out / f".{name}.{os.getpid()}.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, out / name)
     return out
 
 

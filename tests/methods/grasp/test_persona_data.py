@@ -109,6 +109,18 @@ def test_training_files_load_in_the_datamodule_reader(tmp_path: Path) -> None:
     assert len(rows) == 300 and rows[0]["completion"].endswith(CHATML_END)
 
 
+def test_rewriting_the_same_data_leaves_the_files_and_the_score_cache_alone(tmp_path: Path) -> None:
+    write_persona_data(tmp_path, "pirate", seed=0)
+    (tmp_path / "base_scores.json").write_text("{}")
+    stamps = {f.name: f.stat().st_mtime_ns for f in tmp_path.iterdir()}
+    write_persona_data(tmp_path, "pirate", seed=0)  # the same content: nothing is touched
+    assert {f.name: f.stat().st_mtime_ns for f in tmp_path.iterdir()} == stamps
+    write_persona_data(tmp_path, "pirate", seed=1)  # new rows: replaced, and the cached base scores dropped
+    assert not (tmp_path / "base_scores.json").exists()
+    assert json.loads((tmp_path / "meta.json").read_text())["seed"] == 1
+    assert sorted(f.name for f in tmp_path.iterdir()) == sorted(n for n in stamps if n != "base_scores.json")
+
+
 def test_bad_input_names_the_value() -> None:
     with pytest.raises(ValueError, match="'ninja'"):
         make_persona_data("ninja")
