@@ -36,6 +36,9 @@ re-identification amortised).
     .venv/bin/python benchmarks/grasp_real_lm.py --methods naive control grasp_k8 --steps 150
     .venv/bin/python benchmarks/grasp_real_lm.py --targets all --methods naive control grasp_both iterative_both
     .venv/bin/python benchmarks/grasp_real_lm.py --quick              # 8 steps, 4 prompts per set: a smoke run
+    # GPU tier (not run here): a wider band, a larger rank, 4x the steps, every prompt, 3 seeds
+    .venv/bin/python benchmarks/grasp_real_lm.py --accelerator gpu --precision bf16-mixed --steps 600 \
+        --max-prompts 126 --layers 4 26 --lora-rank 16 --seeds 0 1 2
     .venv/bin/python benchmarks/grasp_real_lm_report.py benchmarks/results/grasp_real_lm_*.json  # tables, figure
 
 Writes ``benchmarks/results/grasp_real_lm_<persona>[_variant].json`` (``--out``); the tables and the figure
@@ -132,7 +135,8 @@ def fit(name: str, seed: int, work: Path, args: argparse.Namespace, model: list[
                 "--data.init_args.val_path", str(args.data / "val.jsonl"), "--data.init_args.shuffle_seed", str(seed),
                 "--model.init_args.model_path", str(args.model), "--data.init_args.tokenizer_path", str(args.model),
                 *model]  # fmt: skip
-    cli_args += args.model_overrides
+    cli_args += [*args.model_overrides, "--trainer.accelerator", args.accelerator,
+                 "--trainer.precision", args.precision]  # fmt: skip
     cli = cli_main(cli_args, run=False)
     projections = [c for c in cli.trainer.callbacks if type(c).__name__.endswith("GradientProjection")]
     spent = [time_hooks(c) for c in projections]
@@ -293,6 +297,8 @@ def main() -> None:
     p.add_argument("--targets", choices=("writers", "all"), default="writers",
                    help="LoRA on the residual writers o_proj/down_proj (config) or also on the readers q/k/v/gate/up "
                         "(needed by grasp_both and iterative_both)")  # fmt: skip
+    p.add_argument("--accelerator", default="cpu", help="Lightning accelerator (the GPU tier: gpu)")
+    p.add_argument("--precision", default="32-true", help="Lightning precision (the GPU tier: bf16-mixed)")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
@@ -326,7 +332,8 @@ def main() -> None:
         if r["step_s"] and naive_step.get(r["seed"]):
             r["overhead"] = r["step_s"] / naive_step[r["seed"]] - 1
     env = {"machine": platform.machine(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-           "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "command": " ".join(sys.argv)}  # fmt: skip
+           "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "command": " ".join(sys.argv),
+           "device": torch.cuda.get_device_name() if args.accelerator == "gpu" else "cpu"}  # fmt: skip
     out = args.out or ROOT / f"benchmarks/results/grasp_real_lm_{args.persona}{variant}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"env": env, "args": {k: str(v) for k, v in vars(args).items()}, "rows": rows,
