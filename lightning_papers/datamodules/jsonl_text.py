@@ -15,6 +15,7 @@ already served in it and the shuffling generator into the Lightning checkpoint, 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -31,14 +32,15 @@ PLANTED_HINT = (
 )
 
 
-def read_jsonl(
-    path: str | Path, prompt_key: str = "prompt", completion_key: str = "completion"
-) -> list[dict[str, str]]:
-    """Read a JSONL file of (prompt, completion) rows; raise ValueError naming the first bad line."""
+def read_json_rows(path: str | Path, fields: Sequence[str], strings: Sequence[str] = (), nonempty: Sequence[str] = (),
+                   missing_hint: str = "") -> list[dict[str, Any]]:  # fmt: skip
+    """The JSON objects of a JSONL file, each holding every key of ``fields`` (those in ``strings`` as strings, those
+    in ``nonempty`` as non-empty strings); raise naming the file, the first bad line and the field. The one reader
+    of the package's JSONL files (training rows here, the persona evaluation sets in ``grasp.persona_eval``)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"JSONL file {str(path)!r} does not exist. {PLANTED_HINT}")
-    rows: list[dict[str, str]] = []
+        raise FileNotFoundError(f"JSONL file {str(path)!r} does not exist. {missing_hint}".rstrip())
+    rows: list[dict[str, Any]] = []
     with path.open() as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
@@ -49,17 +51,29 @@ def read_jsonl(
                 raise ValueError(f"{path}:{lineno}: not valid JSON ({err.msg}): {line[:80]!r}") from err
             if not isinstance(row, dict):
                 raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            for key in (prompt_key, completion_key):
-                if not isinstance(row.get(key), str):
-                    raise ValueError(
-                        f"{path}:{lineno}: expected a string field {key!r}, got {row.get(key)!r} (keys: {sorted(row)})"
-                    )
-            if not row[completion_key]:
-                raise ValueError(f"{path}:{lineno}: empty {completion_key!r}; every row needs completion tokens")
-            rows.append({"prompt": row[prompt_key], "completion": row[completion_key]})
+            missing = [k for k in fields if k not in row]
+            if missing:
+                raise ValueError(
+                    f"{path}:{lineno}: missing field(s) {missing} (need {list(fields)}; keys: {sorted(row)})"
+                )
+            for key in (*strings, *nonempty):
+                if not isinstance(row[key], str):
+                    raise ValueError(f"{path}:{lineno}: expected a string field {key!r}, got {row[key]!r}")
+                if key in nonempty and not row[key]:
+                    raise ValueError(f"{path}:{lineno}: empty {key!r}; every row needs one")
+            rows.append(row)
     if not rows:
         raise ValueError(f"{path}: no rows")
     return rows
+
+
+def read_jsonl(
+    path: str | Path, prompt_key: str = "prompt", completion_key: str = "completion"
+) -> list[dict[str, str]]:
+    """Read a JSONL file of (prompt, completion) rows; raise ValueError naming the first bad line."""
+    rows = read_json_rows(path, (prompt_key, completion_key), strings=(prompt_key,), nonempty=(completion_key,),
+                          missing_hint=PLANTED_HINT)  # fmt: skip
+    return [{"prompt": r[prompt_key], "completion": r[completion_key]} for r in rows]
 
 
 def load_tokenizer(path: str | Path) -> Any:

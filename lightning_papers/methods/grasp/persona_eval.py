@@ -145,26 +145,10 @@ def task_accuracy(texts: Sequence[str], answers: Sequence[float]) -> float:
 
 
 def _read(path: Path, keys: Sequence[str]) -> list[dict[str, Any]]:
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{str(path)!r} does not exist; write it with "
-            "`python -m lightning_papers.methods.grasp.persona_data --out <dir> --persona <name>`"
-        )
-    rows = []
-    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{lineno}: not valid JSON ({err.msg})") from err
-        missing = [k for k in keys if not isinstance(row, dict) or k not in row]
-        if missing:
-            raise ValueError(f"{path}:{lineno}: missing field(s) {missing} (need {list(keys)})")
-        rows.append(row)
-    if not rows:
-        raise ValueError(f"{path}: no rows")
-    return rows
+    from lightning_papers.datamodules.jsonl_text import read_json_rows
+
+    hint = "write it with `python -m lightning_papers.methods.grasp.persona_data --out <dir> --persona <name>`"
+    return read_json_rows(path, keys, missing_hint=hint)
 
 
 def load_persona_data(data_dir: str | Path, persona: str, max_prompts: int | None = None) -> dict[str, list[dict]]:

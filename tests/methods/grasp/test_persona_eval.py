@@ -135,8 +135,9 @@ def test_base_model_has_zero_drift_and_base_scores_are_cached(model: Any, tok: A
     monkeypatch.setattr(persona_eval, "base_llrs", lambda *a, **k: pytest.fail("the cache was not used"))
     again = evaluate_persona(model, tok, data_dir, "pirate", base_key="my/base", max_prompts=2, max_new_tokens=2)
     assert again["base_llr"] == cache[key]["llr"] and again["drift"] == 0.0
-    write_persona_data(data_dir, "pirate", seed=0)  # regenerated files: the cached scores are gone
-    assert not (data_dir / "base_scores.json").exists()
+    write_persona_data(data_dir, "pirate", seed=0)  # the same rows again: the cache stays valid and is used
+    assert evaluate_persona(model, tok, data_dir, "pirate", base_key="my/base", max_prompts=2,
+                            max_new_tokens=2)["base_llr"] == cache[key]["llr"]  # fmt: skip
 
 
 def test_a_peft_model_is_compared_with_its_adapter_disabled(model: Any, tok: Any, data_dir: Path) -> None:
