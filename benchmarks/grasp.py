@@ -102,6 +102,12 @@ class StepTimer(Callback):
         t = sorted(self.times[skip:] or self.times)
         return t[len(t) // 4]
 
+    def mean(self, skip: int = 3) -> float:
+        """Mean step time after ``skip`` warm-up steps: for callbacks with periodic work (iterative GRASP's
+        re-identification) that must be amortised, not filtered out as a spike."""
+        kept = self.times[skip:] or self.times
+        return sum(kept) / max(len(kept), 1)
+
 
 _FINETUNE_ONLY = ("task_noise", "n_finetune")  # World fields that change the fine-tune data, not the base model
 

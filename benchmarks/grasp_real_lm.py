@@ -57,7 +57,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch import Callback
+from grasp import StepTimer  # benchmarks/grasp.py (same folder): per-step wall times
 
 from lightning_papers.cli import cli_main
 
@@ -72,26 +72,6 @@ ALL = ["base", "naive", "control", "grasp_k1", "grasp_k8", "grasp_k32", "grasp_e
        "iterative_wide", "iterative_both", "random_k8", "random_k32", "oracle_k8", "oracle_k32", "ablate_inference",
        "caft", "steer", "kl"]  # fmt: skip
 HOOKS = ("on_before_optimizer_step", "_after_step", "on_train_batch_end")  # the projection's per-step work
-
-
-class StepTimer(Callback):
-    """Wall time of each optimizer step (forward, backward, optimizer and callbacks' batch-end work). Unlike
-    ``benchmarks/grasp.py``'s timer (lower quartile), the overhead here is the *mean*: iterative GRASP's periodic
-    re-identification is a spike that must be amortised, not filtered out."""
-
-    def __init__(self) -> None:
-        self.times: list[float] = []
-        self._t0 = 0.0
-
-    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
-        self._t0 = time.perf_counter()
-
-    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        self.times.append(time.perf_counter() - self._t0)
-
-    def mean(self, skip: int = 3) -> float:
-        kept = self.times[skip:] or self.times
-        return sum(kept) / max(len(kept), 1)
 
 
 def time_hooks(callback: Any) -> list[float]:
