@@ -128,7 +128,11 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path, dtype: str = "float
             if is_converted(gguf, out, dtype):  # another process (e.g. another DDP rank) finished first
                 return out
             shutil.rmtree(out)
-        os.replace(tmp, out)
+        try:
+            os.replace(tmp, out)
+        except OSError:  # another process renamed its finished copy into place between the check and here
+            if not is_converted(gguf, out, dtype):
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out

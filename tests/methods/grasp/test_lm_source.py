@@ -262,3 +262,21 @@ def test_smollm2_converts_answers_and_trains_lora_with_gradient_projection(smoll
         b = lora_b[name].weight.detach()
         assert b.norm() > 1e-4  # trained (B starts at zero)
         assert (u.T @ b).norm() < 1e-5 * b.norm()  # nothing written along the subspace
+
+
+def test_a_conversion_another_process_finished_meanwhile_is_kept(tiny, tmp_path: Path, monkeypatch) -> None:
+    import os
+    import shutil
+
+    path, _ = tiny
+    theirs = convert_gguf(path, tmp_path / "theirs")  # what another DDP rank converted
+    real_replace = os.replace
+
+    def racing(src, dst):  # that rank's rename lands between our existence check and our rename
+        shutil.copytree(theirs, dst)
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", racing)
+    out = convert_gguf(path, tmp_path / "hf")
+    assert out == tmp_path / "hf" and is_converted(path, out)
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]  # our copy was cleaned up
