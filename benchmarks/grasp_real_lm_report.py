@@ -159,6 +159,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("files", nargs="+", type=Path)
     p.add_argument("--figure", type=Path, default=ROOT / "docs/figures/grasp_real_lm.png")
+    p.add_argument("--samples", nargs=2, metavar=("SETTING", "SEED"), default=None,
+                   help="print each method's kept generations (first of each set) for one setting and seed")
     args = p.parse_args()
     missing = [str(f) for f in args.files if not f.is_file()]
     if missing:
@@ -173,6 +175,11 @@ def main() -> None:
                   f"{ {k: round(v[0], 2) for k, v in pr.get('overlap_with_naive_minus_control', {}).items()} }, "
                   f"steering { {k: round(v, 1) for k, v in pr['steering_drift'].items()} }")  # fmt: skip
         print()
+    if args.samples:
+        setting, seed = args.samples[0], int(args.samples[1])
+        for (method, s), r in sorted(rows.get(setting, {}).items(), key=lambda kv: ALL.index(kv[0][0])):
+            for x in [x for x in r.get("samples", []) if s == seed][::2]:  # the first of each set
+                print(f"| {method} | {x['set']} | {x['prompt'][:60]} | {x['generation'][:110]!r} |")
     points = premise_points(rows, premise)
     figure(rows, points, args.figure)
     print(f"wrote {args.figure} ({len(points)} premise points)")
