@@ -43,6 +43,7 @@ from pathlib import Path
 
 import torch
 
+from lightning_papers.methods.grasp.premise import expectation
 from lightning_papers.methods.grasp.subspace import SpuriousSubspace
 
 _LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<which>[AB])\.(?P<adapter>[^.]+)\.weight$")
@@ -367,6 +368,9 @@ def main(argv: Sequence[str] | None = None) -> SpuriousSubspace:
     sub.save(args.out)
     stem = args.out.with_suffix("")
     text = sub.report_text() + _rank_text(sub.report)
+    if sub.report.get("writers"):  # what removing it should do, from the premise study
+        sub.report["expectation"] = expectation(sub.report["writers"]["gap"])
+        text += "\n  " + sub.report["expectation"]
     stem.with_name(stem.name + ".report.txt").write_text(text + "\n")
     stem.with_name(stem.name + ".report.json").write_text(json.dumps(sub.report, indent=1) + "\n")
     print(text)

@@ -162,6 +162,7 @@ def test_cli_reads_a_saved_peft_adapter(model: nn.Module, tmp_path: Path, capsys
     report = json.loads((tmp_path / "sub.report.json").read_text())
     assert report["writers"]["gap"] == pytest.approx(3.0, rel=0.1)
     assert "writers" in (tmp_path / "sub.report.txt").read_text() and "wrote" in capsys.readouterr().out
+    assert "clear gap" in report["expectation"] and report["expectation"] in (tmp_path / "sub.report.txt").read_text()
     assert set(SpuriousSubspace.load(tmp_path / "sub.pt").output) == set(sub.output)
 
 
