@@ -8,7 +8,7 @@ of the same seed's naive drift removed, marker rate, preservation, the projectio
 The figure has three panels: the drift-task trade-off (mean per method and setting), and the premise study: which
 ``identify`` statistic predicts how much drift a fixed-subspace GRASP run removes — the spectral gap σ1/σ2 and
 the share of the naive-minus-control update's top direction inside the subspace — for every real-LM run and the
-planted benchmark's seeds (``benchmarks/results/grasp.json``, design ``premise``).
+planted benchmark's seeds (``benchmarks/results/grasp.json``, every design).
 
     .venv/bin/python benchmarks/grasp_real_lm_report.py benchmarks/results/grasp_real_lm_*.json
 """
@@ -64,7 +64,7 @@ def load(files: list[Path]) -> tuple[dict[str, dict[tuple[str, int], dict]], dic
     for runs in rows.values():  # drift removed, against the same seed's naive run
         for (_, seed), r in runs.items():
             naive = runs.get(("naive", seed))
-            usable = naive and naive["drift"] > 0 and r["method"] not in ("base", "naive")
+            usable = naive and naive["drift"] > 0 and r["method"] not in ("base", "naive", "control")
             r["removed"] = 1 - r["drift"] / naive["drift"] if usable else None
     return rows, premise
 
@@ -108,12 +108,12 @@ def premise_points(rows: dict, premise: dict) -> list[dict[str, Any]]:
                            "share": share[0] if share else None, "removed": r["removed"]})  # fmt: skip
     planted = ROOT / "benchmarks/results/grasp.json"
     if planted.is_file():
-        design = json.loads(planted.read_text())["designs"].get("premise", {})
-        for s in design.get("seeds", []):
-            if s["naive"]["drift"] > 0:
-                points.append({"source": "planted", "method": "grasp_k1", "seed": s["seed"], "gap": s["premise"]["gap"],
-                               "share": s["premise"]["abs_cos"] ** 2,
-                               "removed": 1 - s["grasp"]["drift"] / s["naive"]["drift"]})  # fmt: skip
+        for name, design in json.loads(planted.read_text())["designs"].items():
+            for s in design.get("seeds", []):
+                if s["naive"]["drift"] > 0 and "premise" in s:
+                    points.append({"source": f"planted ({name} design)", "method": "grasp_k1", "seed": s["seed"],
+                                   "gap": s["premise"]["gap"], "share": s["premise"]["abs_cos"] ** 2,
+                                   "removed": 1 - s["grasp"]["drift"] / s["naive"]["drift"]})  # fmt: skip
     return points
 
 
@@ -141,10 +141,11 @@ def figure(rows: dict, points: list[dict[str, Any]], path: Path) -> None:
                            (axes[2], "share", "naive-minus-control top direction's share inside the subspace")):
         for i, src in enumerate(sources):
             ps = [p for p in points if p["source"] == src and p[key] is not None]
-            name = f"{src} (share: |cos|² with the planted factor)" if src == "planted" and key == "share" else src
+            planted = src.startswith("planted")
+            name = f"{src}: share = |cos|² with the planted factor" if planted and key == "share" else src
             ax.scatter([p[key] for p in ps], [p["removed"] for p in ps], color=f"C{i}", label=name, s=18)
             for p in ps:
-                if src != "planted":
+                if not planted:
                     ax.annotate(p["method"].removeprefix("grasp_"), (p[key], p["removed"]), fontsize=6)
         ax.axhline(0.5, color="grey", lw=0.6, ls="--")
         ax.set(xlabel=label, ylabel="drift removed by fixed-subspace GRASP", title="premise")
