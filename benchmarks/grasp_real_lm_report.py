@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-FIXED = {"grasp_k1": "k1", "grasp_k8": "k8", "grasp_k32": "k32", "grasp_energy": "energy"}
+FIXED = {"grasp_k1": "k1", "grasp_k8": "k8", "grasp_k32": "k32", "grasp_energy": "energy", "grasp_both": "k8"}
 COLUMNS = ("task", "drift", "removed", "marker_rate", "preservation_marker", "preservation_llr", "hook_overhead",
            "wall_s")  # fmt: skip
 

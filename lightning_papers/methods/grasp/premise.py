@@ -11,10 +11,10 @@ The two thresholds below are the edges of what was measured, not a fitted model:
 
 * ``CLEAR_GAP``: the planted LM's ``premise`` design (``benchmarks/grasp.py``, 8 seeds) had σ1/σ2 2.39-3.29, and a
   fixed rank-1 subspace removed 55-75 % of the drift in every seed;
-* ``WEAK_GAP``: SmolLM2-135M-Instruct with a pirate persona (``benchmarks/grasp_real_lm.py``) had σ1/σ2 1.51-1.54,
-  the planted ``task`` design 1.07-1.45 (8 seeds); there fixed subspaces of rank 1-32 removed -9 to 16 % of the
-  drift on SmolLM2 and -35 to 38 % (mean 2 %) in the planted design, and iterative GRASP
-  (``IterativeGradientProjection``) 24-37 % on SmolLM2.
+* ``WEAK_GAP``: SmolLM2-135M-Instruct (``benchmarks/grasp_real_lm.py``: pirate and rude personas, two LoRA bands
+  and ranks, with and without the readers adapted) had σ1/σ2 1.43-1.74, the planted ``task`` design 1.07-1.45
+  (8 seeds); there fixed subspaces of rank 1-32 removed -13 to 16 % of the drift on SmolLM2 and -35 to 38 % (mean
+  2 %) in the planted design, and iterative GRASP (``IterativeGradientProjection``) 24-37 % on SmolLM2.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 
 CLEAR_GAP = 2.3
-WEAK_GAP = 1.7
+WEAK_GAP = 1.8
 
 
 def expectation(gap: float) -> str:
@@ -37,10 +37,11 @@ def expectation(gap: float) -> str:
         )
     if gap <= WEAK_GAP:
         return head + (
-            f"a weak gap (<= {WEAK_GAP}): at gaps of 1.07-1.54 (planted `task` design, SmolLM2-135M) fixed subspaces "
-            "removed 2 % of the drift on average (at most 38 % in one seed), whatever their causal scores: the "
-            "fine-tune re-routes the factor. Expect little from a fixed subspace; IterativeGradientProjection removed "
-            "24-37 % on SmolLM2-135M. Measure held-out drift before relying on either."
+            f"a weak gap (<= {WEAK_GAP}): at gaps of 1.07-1.74 (planted `task` design, SmolLM2-135M) fixed subspaces "
+            "removed at most 38 % of the drift (2 % on average in the planted design, -13 to 16 % on SmolLM2), "
+            "whatever their causal scores: the fine-tune re-routes the factor. Expect little from a fixed subspace; "
+            "IterativeGradientProjection removed 24-37 % on SmolLM2-135M. Measure held-out drift before relying on "
+            "either."
         )
     return head + (
         f"between the measured regimes ({WEAK_GAP}-{CLEAR_GAP}): no prediction; compare the held-out drift of "
