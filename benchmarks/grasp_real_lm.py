@@ -59,6 +59,7 @@ from typing import Any
 import torch
 from grasp import StepTimer  # benchmarks/grasp.py (same folder): per-step wall times
 
+from lightning_papers.callbacks import GradientProjection
 from lightning_papers.cli import cli_main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -118,7 +119,7 @@ def fit(name: str, seed: int, work: Path, args: argparse.Namespace, model: list[
     cli_args += [*args.model_overrides, "--trainer.accelerator", args.accelerator,
                  "--trainer.precision", args.precision]  # fmt: skip
     cli = cli_main(cli_args, run=False)
-    projections = [c for c in cli.trainer.callbacks if type(c).__name__.endswith("GradientProjection")]
+    projections = [c for c in cli.trainer.callbacks if isinstance(c, GradientProjection)]  # iterative included
     spent = [time_hooks(c) for c in projections]
     timer = StepTimer()
     cli.trainer.callbacks.append(timer)  # last: its batch-end time includes the projection callbacks' work

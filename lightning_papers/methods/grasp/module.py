@@ -284,7 +284,7 @@ class LoRACausalLM(LightningModule):
         if not self._drops_frozen_weights():
             return
         state = checkpoint["state_dict"]
-        for key in self._frozen_keys() & state.keys():
+        for key in self._frozen_state().keys() & state.keys():
             del state[key]
         checkpoint["frozen_weights_from"] = self.hparams.model_path
         checkpoint["frozen_weights_fingerprint"] = self._frozen_fingerprint()
@@ -306,23 +306,22 @@ class LoRACausalLM(LightningModule):
                              f"holds different ones (fingerprint {saved} vs {now}): point model_path at the "
                              f"checkpoint's base model")  # fmt: skip
         state = checkpoint["state_dict"]
-        own = self.state_dict(keep_vars=True)
-        for key in self._frozen_keys():
-            state.setdefault(key, own[key].detach())
+        for key, value in self._frozen_state().items():
+            state.setdefault(key, value.detach())
 
     @torch.no_grad()
     def _frozen_fingerprint(self, dtype: torch.dtype | None = None) -> dict[str, Any]:
         """Element count, dtype and float64 sum (of the weights cast to ``dtype``, if given) of the frozen weights:
         which base model a LoRA-only checkpoint belongs to."""
-        own = self.state_dict(keep_vars=True)
-        tensors = [own[k].detach() for k in sorted(self._frozen_keys())]
+        frozen = self._frozen_state()
+        tensors = [frozen[k].detach() for k in sorted(frozen)]
         dtype = dtype or (tensors[0].dtype if tensors else torch.float32)
         return {"count": sum(t.numel() for t in tensors), "dtype": str(dtype),
                 "sum": float(sum(t.to(dtype).double().sum() for t in tensors))}  # fmt: skip
 
-    def _frozen_keys(self) -> set[str]:
-        """State-dict keys of frozen parameters, as the state dict names them (a tied ``lm_head.weight`` included)."""
-        return {k for k, v in self.state_dict(keep_vars=True).items()
+    def _frozen_state(self) -> dict[str, torch.Tensor]:
+        """Frozen parameters, keyed as the state dict names them (a tied ``lm_head.weight`` included)."""
+        return {k: v for k, v in self.state_dict(keep_vars=True).items()
                 if isinstance(v, torch.nn.Parameter) and not v.requires_grad}  # fmt: skip
 
     @override
